@@ -1,0 +1,177 @@
+"""Configuration: one frozen dataclass per stage, composed into EngineConfig.
+
+Defaults live here; YAML files in configs/ override them; command-line flags override YAML.
+Unknown keys and bad values raise ValueError naming the key (e.g. "scheduler.max_num_seqs").
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    source: str = "smollm2-135m-instruct-q4_1"  # a known name, a .gguf file or a safetensors directory
+    dtype: str = "float32"                       # parameter and activation dtype: float32 | bfloat16
+    max_model_len: int = 2048                    # longest prompt + output accepted; bounds block tables
+    checkpoint_dir: str | None = None            # orbax cache of converted params; None: ~/.cache/jaxserve
+    served_model_name: str | None = None         # name shown by /v1/models; None: derived from source
+
+    def validate(self) -> None:
+        _check(self.dtype in ("float32", "bfloat16"), "model.dtype", "must be float32 or bfloat16", self.dtype)
+        _check(self.max_model_len > 0, "model.max_model_len", "must be > 0", self.max_model_len)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    page_size: int = 16             # tokens per KV page; a power of two
+    num_pages: int = 2048           # pages in each pool (page 0 is reserved for padding writes)
+    enable_prefix_caching: bool = True  # share full prompt pages between requests by content hash
+
+    def validate(self) -> None:
+        ps = self.page_size
+        _check(ps > 0 and ps & (ps - 1) == 0, "cache.page_size", "must be a power of two", ps)
+        _check(self.num_pages >= 2, "cache.num_pages", "must be >= 2", self.num_pages)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    max_num_seqs: int = 32                 # sequences decoding at once
+    max_num_batched_tokens: int = 512      # token budget of one step (prefill chunks + decodes)
+    max_waiting: int = 1024                # queue length past which new requests are refused (HTTP 429)
+    decode_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)   # padded decode batch sizes
+    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # padded prefill token counts
+
+    def validate(self) -> None:
+        _check(self.max_num_seqs > 0, "scheduler.max_num_seqs", "must be > 0", self.max_num_seqs)
+        _check(self.max_num_batched_tokens > 0, "scheduler.max_num_batched_tokens", "must be > 0",
+               self.max_num_batched_tokens)
+        _check(self.max_waiting > 0, "scheduler.max_waiting", "must be > 0", self.max_waiting)
+        _check(list(self.decode_buckets) == sorted(set(self.decode_buckets)) and self.decode_buckets[0] > 0,
+               "scheduler.decode_buckets", "must be increasing positive integers", self.decode_buckets)
+        _check(self.decode_buckets[-1] >= self.max_num_seqs, "scheduler.decode_buckets",
+               f"largest must be >= max_num_seqs ({self.max_num_seqs})", self.decode_buckets)
+        _check(list(self.prefill_buckets) == sorted(set(self.prefill_buckets)) and self.prefill_buckets[0] > 0,
+               "scheduler.prefill_buckets", "must be increasing positive integers", self.prefill_buckets)
+        _check(self.prefill_buckets[-1] >= self.max_num_batched_tokens, "scheduler.prefill_buckets",
+               f"largest must be >= max_num_batched_tokens ({self.max_num_batched_tokens})",
+               self.prefill_buckets)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KernelConfig:
+    attention_impl: str = "auto"   # auto (by backend) | reference | triton | mosaic
+    interpret: bool = False        # run Pallas kernels in interpret mode (CPU tests)
+
+    def validate(self) -> None:
+        _check(self.attention_impl in ("auto", "reference", "triton", "mosaic"), "kernel.attention_impl",
+               "must be auto, reference, triton or mosaic", self.attention_impl)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None     # also from JAXSERVE_API_KEY; None: no auth
+    warmup: bool = True            # compile every bucket before reporting ready
+
+    def validate(self) -> None:
+        _check(0 < self.port < 65536, "server.port", "must be in 1..65535", self.port)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    seed: int = 0                  # base of the random stream of requests that give no seed
+
+    def validate(self) -> "EngineConfig":
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+        return self
+
+
+def _check(ok: bool, key: str, why: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{key} {why}, got {value!r}")
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check a YAML value against its field's annotation; tuples accept lists."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        elem = typing.get_args(tp)[0]
+        return tuple(_coerce(key, elem, v) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ValueError(f"{key} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ValueError(f"Unknown config key: {full}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _coerce(full, tp, value)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def overrides_from_dotted(pairs: dict[str, Any]) -> dict:
+    """{"scheduler.max_num_seqs": 8} -> {"scheduler": {"max_num_seqs": 8}}."""
+    out: dict = {}
+    for dotted, value in pairs.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> EngineConfig:
+    """Build an EngineConfig from a YAML file (optional) and a nested override mapping."""
+    data: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+    data = _merge(data, overrides or {})
+    return _build(EngineConfig, data, "").validate()
