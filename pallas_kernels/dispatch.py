@@ -1,0 +1,86 @@
+"""The one place a kernel backend is chosen.
+
+impl="auto" picks by the default JAX backend: cpu -> reference, gpu -> triton, tpu -> mosaic.
+A forced impl that cannot run here raises; nothing ever falls back silently to another backend.
+Kernel modules are imported only when chosen, so this package imports (and the reference runs)
+without a GPU or TPU toolchain. A Mosaic-GPU variant would be one more entry in _MODULES plus a
+file per kernel; callers would not change.
+"""
+from __future__ import annotations
+
+import importlib
+
+import jax
+
+IMPLS = ("auto", "reference", "triton", "mosaic")
+_AUTO = {"cpu": "reference", "gpu": "triton", "cuda": "triton", "tpu": "mosaic"}
+_NEEDS_PLATFORM = {"triton": "gpu", "mosaic": "tpu"}   # when not interpreted
+_MODULES = {"reference": "reference", "triton": "triton", "mosaic": "mosaic"}
+
+
+def choose_impl(impl: str, interpret: bool = False) -> str:
+    """Resolves impl to a concrete backend name, or raises if it cannot run on this platform."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+    platform = jax.default_backend()
+    if impl == "auto":
+        if platform not in _AUTO:
+            raise RuntimeError(f"no kernel backend for platform {platform!r}; pass impl='reference'")
+        return _AUTO[platform]
+    needed = _NEEDS_PLATFORM.get(impl)
+    if needed is not None and not interpret and _AUTO.get(platform) != impl:
+        raise RuntimeError(f"impl={impl!r} needs a {needed.upper()} (or interpret=True); "
+                           f"the default backend here is {platform!r}")
+    return impl
+
+
+def _kernel_module(kernel: str, impl: str):
+    return importlib.import_module(f"pallas_kernels.{kernel}.{_MODULES[impl]}")
+
+
+def paged_decode_attention(q, k_pages, v_pages, block_tables, lengths, *, scale=None,
+                           soft_cap=None, sliding_window=None, k_scales=None, v_scales=None,
+                           impl: str = "auto", interpret: bool = False):
+    """Paged decode attention on the chosen backend; see paged_decode/reference.py for the spec.
+
+    Args:
+      q: [B, H, D]; k_pages, v_pages: [P, S, K, D]; block_tables: i32[B, M]; lengths: i32[B].
+      scale, soft_cap, sliding_window, k_scales, v_scales: see the reference.
+      impl: auto | reference | triton | mosaic.
+      interpret: run a Pallas kernel in interpret mode (any platform; slow, for tests).
+
+    Returns:
+      [B, H, D] in q.dtype; rows with length 0 are zeros.
+    """
+    chosen = choose_impl(impl, interpret)
+    fn = _kernel_module("paged_decode", chosen).paged_decode_attention
+    kwargs = dict(scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
+                  k_scales=k_scales, v_scales=v_scales)
+    if chosen != "reference":
+        kwargs["interpret"] = interpret
+    return fn(q, k_pages, v_pages, block_tables, lengths, **kwargs)
+
+
+def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, *,
+                             max_q_len: int, scale=None, soft_cap=None, sliding_window=None,
+                             k_scales=None, v_scales=None, impl: str = "auto",
+                             interpret: bool = False):
+    """Ragged causal prefill attention on the chosen backend; see ragged_prefill/reference.py.
+
+    Args:
+      q: [T, H, D]; k_pages, v_pages: [P, S, K, D]; block_tables: i32[N, M];
+      cu_q_lens: i32[N+1]; kv_lens: i32[N]; max_q_len: static bound on chunk lengths.
+      scale, soft_cap, sliding_window, k_scales, v_scales: see the reference.
+      impl: auto | reference | triton | mosaic.
+      interpret: run a Pallas kernel in interpret mode (any platform; slow, for tests).
+
+    Returns:
+      [T, H, D] in q.dtype; padding rows are zeros.
+    """
+    chosen = choose_impl(impl, interpret)
+    fn = _kernel_module("ragged_prefill", chosen).ragged_prefill_attention
+    kwargs = dict(max_q_len=max_q_len, scale=scale, soft_cap=soft_cap,
+                  sliding_window=sliding_window, k_scales=k_scales, v_scales=v_scales)
+    if chosen != "reference":
+        kwargs["interpret"] = interpret
+    return fn(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, **kwargs)
