@@ -1,0 +1,349 @@
+"""AsyncEngine: the single-threaded Engine, driven from one background thread, served to asyncio.
+
+The Engine is not thread-safe, so exactly one thread (the "engine thread") ever calls it. The life
+of a request:
+
+  1. asyncio, `generate()`: validate the request synchronously (SamplingParams, prompt length,
+     the waiting-queue limit) and raise ValueError / EngineOverloadedError at once; then put an
+     ("add", ...) command on the inbox, wake the engine thread, and await its acknowledgement
+     (a concurrent Future), so errors raised by `engine.add_request` reach the caller too.
+  2. engine thread, `_run()`: drain the inbox (adds and aborts, in arrival order), call
+     `engine.step()` while there is work, and sleep on a condition when there is none.
+  3. engine thread: after each step, group the SequenceDeltas by the event loop of their request
+     and hand them over with ONE `loop.call_soon_threadsafe` per loop; refresh the stats snapshot.
+  4. asyncio: each request owns an asyncio.Queue; `generate()` yields its deltas until all n
+     sequences have finished.
+  5. a cancelled or closed generator (client disconnect) enqueues ("abort", id): the engine
+     thread frees the request's pages before its next step.
+
+If the engine thread dies, every pending request receives EngineDeadError (no request ever
+hangs) and `healthy` turns False so /health reports 503. `shutdown(drain=True)` refuses new
+requests, waits for those in flight, then stops the thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from jaxserve.outputs import EngineStats, SequenceDelta
+from jaxserve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread has failed; no request can be served any more."""
+
+
+class EngineNotReadyError(RuntimeError):
+    """The engine is still warming up, or is shutting down."""
+
+
+class EngineOverloadedError(RuntimeError):
+    """The waiting queue is full (scheduler.max_waiting); the client should retry later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class _Stream:
+    """asyncio side of one request: where its deltas go and how many sequences are still open."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    num_open: int                      # sequences (of n) not finished yet; asyncio side only
+    finished: bool = False
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    prompt: str | None
+    stream: _Stream
+    ack: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+_ABORTED = object()   # queue item: the request was aborted from asyncio; its generator ends
+
+
+class AsyncEngine:
+    """Runs `engine.step()` in one background thread and streams deltas to asyncio callers.
+
+    Args:
+        engine: an object with the Engine interface (add_request, abort_request, step,
+            has_unfinished_requests, stats, warmup, config, tokenizer, model_name).
+        max_waiting: requests allowed to wait for a slot before new ones are refused;
+            None: engine.config.scheduler.max_waiting.
+    """
+
+    def __init__(self, engine: Any, max_waiting: int | None = None):
+        self.engine = engine
+        self.config = engine.config
+        self.tokenizer = engine.tokenizer
+        self.model_name: str = engine.model_name
+        self.max_model_len: int = engine.config.model.max_model_len
+        self.max_waiting = max_waiting if max_waiting is not None else engine.config.scheduler.max_waiting
+        self.warmup_time_s: float | None = None
+        self.error: BaseException | None = None
+
+        self._inbox: queue.SimpleQueue[_Add | _Abort] = queue.SimpleQueue()
+        self._wake = threading.Condition()         # guards _inbox puts, _pending_adds, _stop, error
+        self._pending_adds = 0                     # adds put but not yet taken by the engine thread
+        self._stop = False
+        self._streams: dict[str, _Stream] = {}     # asyncio side: requests being generated
+        # Engine-thread side: request id -> (stream, sequences not finished yet).
+        self._live: dict[str, tuple[_Stream, int]] = {}
+        self._stats = EngineStats()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._accepting = True
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, warmup: bool = True) -> None:
+        """Start the engine thread (idempotent); it warms the engine up first when asked."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, args=(warmup,), name="jaxserve-engine",
+                                        daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until warm-up is over (or the thread died); True when ready."""
+        self._ready.wait(timeout)
+        return self.ready
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.healthy and self._accepting
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._streams)
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests from now on (start of a graceful shutdown)."""
+        self._accepting = False
+
+    async def shutdown(self, drain: bool = True, timeout_s: float = 30.0) -> None:
+        """Refuse new requests; wait for those in flight when drain, else abort them; stop the thread."""
+        self._accepting = False
+        deadline = time.monotonic() + timeout_s
+        if drain:
+            while self._streams and time.monotonic() < deadline and self.healthy:
+                await asyncio.sleep(0.02)
+        for request_id in list(self._streams):
+            self.abort(request_id)
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, max(0.0, deadline - time.monotonic()) + 5.0)
+
+    # -- asyncio API ------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        """The snapshot taken by the engine thread after its last step or command."""
+        return self._stats
+
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Synchronous admission checks; raises ValueError naming the field, or a state error."""
+        if self.error is not None:
+            raise EngineDeadError(f"engine failed: {self.error!r}")
+        if not self._accepting:
+            raise EngineNotReadyError("server is shutting down")
+        if not self._ready.is_set():
+            raise EngineNotReadyError("engine is warming up")
+        params.validate()
+        if not prompt_token_ids:
+            raise ValueError("prompt must not be empty, got 0 tokens")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(prompt_token_ids)} tokens, longer than "
+                             f"model.max_model_len {self.max_model_len} allows (with >= 1 new token)")
+        waiting = self._stats.num_waiting + self._pending_adds
+        if waiting >= self.max_waiting:
+            raise EngineOverloadedError(
+                f"waiting queue is full ({waiting} >= scheduler.max_waiting {self.max_waiting})")
+
+    async def generate(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                       prompt: str | None = None) -> AsyncIterator[SequenceDelta]:
+        """Add a request and yield its deltas until all of its n sequences have finished.
+
+        The generator simply ends early if the request is aborted with `abort()`.
+
+        Raises:
+            ValueError: bad input (before anything is yielded).
+            EngineOverloadedError / EngineNotReadyError: refused at admission.
+            EngineDeadError: the engine thread failed, before or during generation.
+        """
+        if request_id in self._streams:
+            raise ValueError(f"request_id must be unique, got {request_id!r}")
+        self.check_request(prompt_token_ids, params)
+        stream = _Stream(loop=asyncio.get_running_loop(), queue=asyncio.Queue(), num_open=params.n)
+        command = _Add(request_id, list(prompt_token_ids), params, prompt, stream)
+        self._streams[request_id] = stream
+        try:
+            self._put(command)
+            await asyncio.wrap_future(command.ack)
+            while True:
+                item = await stream.queue.get()
+                if item is _ABORTED:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    stream.num_open -= 1
+                    if stream.num_open == 0:
+                        stream.finished = True
+                        return
+        finally:
+            # Reached on normal end, error, cancellation (client gone) and aclose().
+            if self._streams.get(request_id) is stream:
+                del self._streams[request_id]
+            if not stream.finished:
+                stream.finished = True
+                self._abort_in_engine(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request from asyncio: its generator ends and the engine frees its pages."""
+        stream = self._streams.pop(request_id, None)
+        if stream is not None and not stream.finished:
+            stream.finished = True
+            self._abort_in_engine(request_id)
+            stream.queue.put_nowait(_ABORTED)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _abort_in_engine(self, request_id: str) -> None:
+        try:
+            self._put(_Abort(request_id))
+        except EngineDeadError:
+            pass
+
+    def _put(self, command: _Add | _Abort) -> None:
+        with self._wake:
+            # Checked under the lock that _fail_all takes: a command is either refused here or
+            # put before the inbox is drained there, so none is left unanswered.
+            if self.error is not None:
+                raise EngineDeadError(f"engine failed: {self.error!r}")
+            self._inbox.put(command)
+            if isinstance(command, _Add):
+                self._pending_adds += 1
+            self._wake.notify()
+
+    def _run(self, warmup: bool) -> None:
+        """The engine thread: warm up, then loop over commands and steps until stopped."""
+        try:
+            if warmup:
+                t0 = time.perf_counter()
+                self.engine.warmup()
+                self.warmup_time_s = time.perf_counter() - t0
+                logger.info("engine warm-up took %.1f s", self.warmup_time_s)
+            self._stats = self.engine.stats()
+            self._ready.set()
+            while True:
+                with self._wake:
+                    while not self._stop and self._inbox.empty() and not self.engine.has_unfinished_requests():
+                        self._wake.wait()
+                    if self._stop:
+                        return
+                self._apply_commands()
+                if self.engine.has_unfinished_requests():
+                    self._deliver(self.engine.step())
+                self._stats = self.engine.stats()
+        except BaseException as e:  # noqa: BLE001 - any failure must reach every waiting request
+            logger.exception("engine thread failed")
+            self._fail_all(e)
+        finally:
+            self._ready.set()
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Abort):
+                if self._live.pop(command.request_id, None) is not None:
+                    self.engine.abort_request(command.request_id)
+                continue
+            with self._wake:
+                self._pending_adds -= 1
+            try:
+                self.engine.add_request(command.request_id, command.prompt_token_ids, command.params,
+                                        prompt=command.prompt)
+            except ValueError as e:
+                command.ack.set_exception(e)
+            except BaseException as e:
+                command.ack.set_exception(EngineDeadError(f"engine failed: {e!r}"))
+                raise
+            else:
+                self._live[command.request_id] = (command.stream, command.params.n)
+                command.ack.set_result(None)
+
+    def _deliver(self, deltas: list[SequenceDelta]) -> None:
+        """Hand one step's deltas to asyncio: one call_soon_threadsafe per event loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Any]]] = defaultdict(list)
+        for delta in deltas:
+            live = self._live.get(delta.request_id)
+            if live is None:   # aborted while this step ran
+                continue
+            stream, num_open = live
+            if delta.finished:
+                num_open -= 1
+                if num_open == 0:
+                    del self._live[delta.request_id]
+                else:
+                    self._live[delta.request_id] = (stream, num_open)
+            by_loop[stream.loop].append((stream, delta))
+        _send(by_loop)
+
+    def _fail_all(self, error: BaseException) -> None:
+        dead = EngineDeadError(f"engine failed: {error!r}")
+        with self._wake:
+            self.error = error
+            commands = []
+            while not self._inbox.empty():
+                commands.append(self._inbox.get_nowait())
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Any]]] = defaultdict(list)
+        for command in commands:
+            if isinstance(command, _Add) and not command.ack.done():
+                command.ack.set_exception(dead)
+        for stream, _ in self._live.values():
+            by_loop[stream.loop].append((stream, dead))
+        self._live.clear()
+        _send(by_loop)
+
+
+def _send(by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Any]]]) -> None:
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # that loop is closed: its requests are gone
+            pass
+
+
+def _put_all(items: list[tuple[_Stream, Any]]) -> None:
+    for stream, item in items:
+        stream.queue.put_nowait(item)

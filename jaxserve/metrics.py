@@ -1,0 +1,108 @@
+"""Every Prometheus metric of the server, declared once, with its name and buckets.
+
+Each app owns a `ServerMetrics` with its own CollectorRegistry (never the global one), so tests
+can build several apps in one process. Two kinds of metric live here:
+
+- request metrics the HTTP layer observes as tokens stream out (TTFT, inter-token latency,
+  end-to-end latency, finished requests by reason), kept in ordinary Histogram/Counter objects;
+- engine metrics that mirror EngineStats (running/waiting requests, KV-cache usage, token and
+  prefix-cache counters, compiles, speculative decoding), read from `stats()` at scrape time by a
+  custom collector, so they never drift from the engine's own counts.
+
+prometheus_client appends `_total` to counter names, so counters are declared without it and come
+out as e.g. `jaxserve:prompt_tokens_total`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from jaxserve.outputs import EngineStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+                  1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
+                 0.75, 1.0, 2.5, 5.0)
+E2E_BUCKETS_S = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+                 40.0, 50.0, 60.0, 120.0, 240.0)
+
+
+class EngineStatsCollector(Collector):
+    """Exposes an EngineStats snapshot as gauges and counters, read when /metrics is scraped."""
+
+    def __init__(self, stats: Callable[[], EngineStats]):
+        self._stats = stats
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(EngineStats()))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._stats())
+
+    @staticmethod
+    def _families(s: EngineStats) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"jaxserve:{name}", doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(f"jaxserve:{name}", doc, value=value)
+
+        hit_rate = s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0
+        yield gauge("num_requests_running", "Sequences in the running batch.", s.num_running)
+        yield gauge("num_requests_waiting", "Requests waiting for a batch slot.", s.num_waiting)
+        yield gauge("kv_cache_usage_perc", "Fraction of KV-cache pages in use (1 = full).",
+                    s.kv_cache_usage)
+        yield gauge("prefix_cache_hit_rate", "Prefix-cache hits / queries since start (pages).",
+                    hit_rate)
+        yield gauge("compile_count", "XLA programs compiled by the engine.", s.compile_count)
+        yield gauge("compile_time_seconds", "Seconds the engine spent compiling.", s.compile_time_s)
+        yield counter("prompt_tokens", "Prompt tokens processed.", s.prompt_tokens_total)
+        yield counter("generation_tokens", "Tokens generated.", s.generation_tokens_total)
+        yield counter("num_preemptions", "Sequences preempted for lack of KV pages.", s.num_preemptions)
+        yield counter("prefix_cache_queries", "Prompt pages looked up in the prefix cache.",
+                      s.prefix_cache_queries)
+        yield counter("prefix_cache_hits", "Prompt pages found in the prefix cache.", s.prefix_cache_hits)
+        yield counter("spec_proposed_tokens", "Draft tokens proposed by speculative decoding.",
+                      s.spec_proposed_tokens)
+        yield counter("spec_accepted_tokens", "Draft tokens accepted by speculative decoding.",
+                      s.spec_accepted_tokens)
+
+
+class ServerMetrics:
+    """The metrics of one app.
+
+    Args:
+        stats: returns the engine's latest EngineStats; called on every scrape.
+    """
+
+    def __init__(self, stats: Callable[[], EngineStats]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.time_to_first_token = Histogram(
+            "jaxserve:time_to_first_token_seconds", "Seconds from request arrival to its first token.",
+            buckets=TTFT_BUCKETS_S, registry=r)
+        self.inter_token_latency = Histogram(
+            "jaxserve:inter_token_latency_seconds", "Seconds between successive outputs of a sequence.",
+            buckets=ITL_BUCKETS_S, registry=r)
+        self.e2e_request_latency = Histogram(
+            "jaxserve:e2e_request_latency_seconds", "Seconds from request arrival to its last token.",
+            buckets=E2E_BUCKETS_S, registry=r)
+        self.request_success = Counter(
+            "jaxserve:request_success", "Finished requests, by the finish reason of their first choice.",
+            labelnames=("finished_reason",), registry=r)
+        self.startup_time = Gauge(
+            "jaxserve:startup_time_seconds", "Seconds from process start to ready (load + warm-up).",
+            registry=r)
+        self.warmup_time = Gauge(
+            "jaxserve:warmup_time_seconds", "Seconds spent compiling every bucket before ready.",
+            registry=r)
+        r.register(EngineStatsCollector(stats))
+
+    def render(self) -> bytes:
+        """The exposition text of every metric of this app."""
+        return generate_latest(self.registry)

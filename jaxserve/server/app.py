@@ -1,0 +1,204 @@
+"""The FastAPI app: thin routes over OpenAIServing, OpenAI-shaped errors, API-key check.
+
+`create_app(async_engine, config)` builds a fresh app whose state (engine, serving, metrics) lives
+in `app.state`, so a process (or a test) may hold several. Each route only parses the request,
+hands it to serving.py, and turns the result into a JSON or SSE response; a request whose client
+disconnects is cancelled (see `_unless_disconnected`), which aborts it in the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from typing import Any, AsyncIterator, Awaitable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from jaxserve.async_engine import AsyncEngine
+from jaxserve.config import EngineConfig
+from jaxserve.metrics import CONTENT_TYPE, ServerMetrics
+from jaxserve.server import protocol as p
+from jaxserve.server.serving import APIError, OpenAIServing
+
+logger = logging.getLogger(__name__)
+
+# Paths anyone may read even when an API key is set: probes, scrapes and the docs.
+_OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+def create_app(async_engine: AsyncEngine, config: EngineConfig, start_time_s: float | None = None,
+               ) -> FastAPI:
+    """Build the app around an AsyncEngine; its lifespan starts the engine thread and drains it.
+
+    Args:
+        async_engine: started or not; the lifespan starts it (warming up if config.server.warmup).
+        config: the served config; server.api_key (or env JAXSERVE_API_KEY) turns auth on.
+        start_time_s: time.monotonic() at process start, for the start-up time metric.
+    """
+    start_time_s = time.monotonic() if start_time_s is None else start_time_s
+    metrics = ServerMetrics(async_engine.stats)
+    metrics.warmup_time.set_function(lambda: async_engine.warmup_time_s or 0.0)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async_engine.start(warmup=config.server.warmup)
+        announce = asyncio.create_task(_announce_ready(async_engine, config, metrics, start_time_s))
+        yield
+        announce.cancel()
+        await async_engine.shutdown(drain=True)
+
+    app = FastAPI(title="jaxserve", summary="OpenAI-compatible LLM server on JAX", lifespan=lifespan)
+    app.state.engine = async_engine
+    app.state.config = config
+    app.state.metrics = metrics
+    app.state.serving = OpenAIServing(async_engine, metrics)
+    api_key = config.server.api_key or os.environ.get("JAXSERVE_API_KEY") or None
+    if api_key:
+        app.add_middleware(_APIKeyMiddleware, api_key=api_key)
+    _add_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    serving: OpenAIServing = app.state.serving
+
+    @app.post("/v1/completions", response_model=p.CompletionResponse)
+    async def completions(body: p.CompletionRequest, raw: Request) -> Response:
+        return _respond(await _unless_disconnected(serving.create_completion(body), raw))
+
+    @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse)
+    async def chat_completions(body: p.ChatCompletionRequest, raw: Request) -> Response:
+        return _respond(await _unless_disconnected(serving.create_chat_completion(body), raw))
+
+    @app.get("/v1/models", response_model=p.ModelList)
+    async def models() -> p.ModelList:
+        return serving.models()
+
+    @app.post("/tokenize", response_model=p.TokenizeResponse)
+    async def tokenize(body: p.TokenizeRequest) -> p.TokenizeResponse:
+        return serving.tokenize(body)
+
+    @app.post("/detokenize", response_model=p.DetokenizeResponse)
+    async def detokenize(body: p.DetokenizeRequest) -> p.DetokenizeResponse:
+        return serving.detokenize(body)
+
+    @app.get("/health")
+    async def health() -> Response:
+        engine: AsyncEngine = app.state.engine
+        if engine.ready:
+            return JSONResponse({"status": "ok"})
+        why = "engine failed" if engine.error is not None else "engine not ready"
+        err = APIError(503, why, type="service_unavailable_error", code="engine_unavailable")
+        return JSONResponse(err.body(), status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _respond(result: Any) -> Response:
+    if result is None:  # the client left; nobody reads this
+        return Response(status_code=499)
+    if hasattr(result, "model_dump"):
+        return JSONResponse(result.model_dump())
+    return StreamingResponse(result, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _unless_disconnected(work: Awaitable[Any], raw: Request) -> Any:
+    """Run `work`, cancelling it if the client disconnects first (then return None).
+
+    The body has been read already, so the next ASGI message is http.disconnect. Once a stream
+    is returned, Starlette's StreamingResponse watches for the disconnect itself.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(raw))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+async def _wait_disconnect(raw: Request) -> None:
+    while (await raw.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        if first.get("type") == "json_invalid":
+            err = APIError(400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', '')}",
+                           code="invalid_json")
+        else:
+            loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+            # A union field (e.g. prompt) reports one error per member; name the field once.
+            param = ".".join(x for x in loc if not _is_type_tag(x)) or None
+            err = APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}"
+                                f" (got {first.get('input')!r})", param=param)
+        return JSONResponse(err.body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        err = APIError(e.status_code, str(e.detail), type="invalid_request_error")
+        return JSONResponse(err.body(), status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, e: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="internal_server_error")
+        return JSONResponse(err.body(), status_code=500)
+
+
+def _is_type_tag(x: str) -> bool:
+    return x in ("str", "int", "float", "bool") or x.startswith(("list[", "dict["))
+
+
+async def _announce_ready(engine: AsyncEngine, config: EngineConfig, metrics: ServerMetrics,
+                          start_time_s: float) -> None:
+    ready = await asyncio.to_thread(engine.wait_ready)
+    if not ready:
+        logger.error("engine failed during warm-up: %r", engine.error)
+        return
+    startup_s = time.monotonic() - start_time_s
+    metrics.startup_time.set(startup_s)
+    logger.info("jaxserve ready: serving %s at http://%s:%d/v1 (start-up %.1f s, warm-up %.1f s)",
+                engine.model_name, config.server.host, config.server.port, startup_s,
+                engine.warmup_time_s or 0.0)
+
+
+class _APIKeyMiddleware:
+    """Answers 401 unless `Authorization: Bearer <key>` matches; probes and docs stay open."""
+
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not secrets.compare_digest(given, self.expected):
+            err = APIError(401, "missing or wrong API key (send `Authorization: Bearer <key>`)",
+                           type="authentication_error", code="invalid_api_key")
+            return await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+        return await self.app(scope, receive, send)

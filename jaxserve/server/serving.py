@@ -1,0 +1,408 @@
+"""The work behind the routes: request -> token ids + SamplingParams -> AsyncEngine -> response.
+
+    route (app.py)        pydantic request (protocol.py)
+      -> OpenAIServing    prompt -> token ids; fields -> SamplingParams (ValueError -> 400)
+      -> AsyncEngine      generate(): SequenceDelta stream; refusals -> 429 / 503
+      -> here again       deltas -> one JSON response, or SSE chunks ending in `data: [DONE]`
+
+Every failure leaves as an APIError, which app.py renders in OpenAI's error shape
+`{"error": {"message", "type", "param", "code"}}` with its status (and Retry-After for 429).
+Request metrics (TTFT, inter-token latency, e2e latency, finish reasons) are observed here.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from jaxserve.async_engine import (AsyncEngine, EngineDeadError, EngineNotReadyError,
+                                   EngineOverloadedError)
+from jaxserve.metrics import ServerMetrics
+from jaxserve.outputs import FinishReason, SequenceDelta, TokenLogprob
+from jaxserve.sampling_params import SamplingParams
+from jaxserve.server import protocol as p
+
+
+class APIError(Exception):
+    """An error answered to the client: HTTP status plus OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers or {}
+
+    def body(self) -> dict[str, Any]:
+        info = p.ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
+        return p.ErrorResponse(error=info).model_dump()
+
+
+def bad_request(message: str, param: str | None = None) -> APIError:
+    return APIError(400, message, param=param)
+
+
+_LEADING_NAME = re.compile(r"^([a-z_][a-z0-9_.]*)\b")
+
+
+def from_value_error(e: ValueError, rename: dict[str, str] | None = None) -> APIError:
+    """ValueError("field must ..., got ...") -> 400 with param = that field (API spelling)."""
+    message = str(e)
+    m = _LEADING_NAME.match(message)
+    param = (rename or {}).get(m.group(1), m.group(1)) if m else None
+    return bad_request(message, param)
+
+
+def from_engine_error(e: Exception) -> APIError:
+    if isinstance(e, EngineOverloadedError):
+        return APIError(429, str(e), type="rate_limit_error", code="rate_limit_exceeded",
+                        headers={"Retry-After": str(e.retry_after_s)})
+    if isinstance(e, (EngineNotReadyError, EngineDeadError)):
+        return APIError(503, str(e), type="service_unavailable_error", code="engine_unavailable")
+    raise TypeError(f"not an engine error: {e!r}")
+
+
+def _sse(obj: Any) -> str:
+    data = obj.model_dump_json() if hasattr(obj, "model_dump_json") else json.dumps(obj)
+    return f"data: {data}\n\n"
+
+
+_DONE = "data: [DONE]\n\n"
+
+
+class _Tracker:
+    """Observes one request's latency metrics as its deltas pass by."""
+
+    def __init__(self, metrics: ServerMetrics, arrival_s: float):
+        self.metrics, self.arrival_s = metrics, arrival_s
+        self.first_token_s: float | None = None
+        self.last_s: dict[int, float] = {}
+        self.reason: str | None = None
+        self.num_completion_tokens = 0
+        self.closed = False
+
+    def on_delta(self, d: SequenceDelta) -> None:
+        now = time.monotonic()
+        if d.token_ids:
+            self.num_completion_tokens += len(d.token_ids)
+            if self.first_token_s is None:
+                self.first_token_s = now
+                self.metrics.time_to_first_token.observe(now - self.arrival_s)
+            prev = self.last_s.get(d.index)
+            if prev is not None:
+                self.metrics.inter_token_latency.observe(now - prev)
+            self.last_s[d.index] = now
+        if d.finished and d.index == 0:
+            self.reason = d.finish_reason.value
+
+    def close(self) -> None:
+        """Called when the request ends, however it ends; counts it once."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.reason == FinishReason.ERROR.value:
+            return
+        self.metrics.request_success.labels(self.reason or FinishReason.ABORT.value).inc()
+        self.metrics.e2e_request_latency.observe(time.monotonic() - self.arrival_s)
+
+
+def _finish(reason: FinishReason | None) -> str | None:
+    return None if reason is None else reason.value
+
+
+class OpenAIServing:
+    """Turns OpenAI requests into engine requests and engine deltas into OpenAI responses."""
+
+    def __init__(self, engine: AsyncEngine, metrics: ServerMetrics):
+        self.engine = engine
+        self.metrics = metrics
+        self.tokenizer = engine.tokenizer
+        self.model_name = engine.model_name
+        self.max_model_len = engine.max_model_len
+        self._token_text: dict[int, str] = {}
+
+    # -- small endpoints -------------------------------------------------------------------
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(404, f"The model `{model}` does not exist; this server serves "
+                                f"`{self.model_name}`.", param="model", code="model_not_found")
+
+    def models(self) -> p.ModelList:
+        return p.ModelList(data=[p.ModelCard(id=self.model_name, max_model_len=self.max_model_len)])
+
+    def tokenize(self, req: p.TokenizeRequest) -> p.TokenizeResponse:
+        self.check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise bad_request("exactly one of prompt and messages must be given", "prompt")
+        if req.messages is not None:
+            ids = self._encode_chat(req.messages, req.add_generation_prompt)
+        else:
+            ids = self.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+        return p.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.max_model_len)
+
+    def detokenize(self, req: p.DetokenizeRequest) -> p.DetokenizeResponse:
+        self.check_model(req.model)
+        self._check_token_ids(req.tokens, "tokens")
+        return p.DetokenizeResponse(prompt=self.tokenizer.decode(req.tokens))
+
+    # -- completions -----------------------------------------------------------------------
+
+    async def create_completion(self, req: p.CompletionRequest
+                                ) -> p.CompletionResponse | AsyncIterator[str]:
+        arrival_s = time.monotonic()
+        self.check_model(req.model)
+        for name, bad in (("echo", req.echo), ("suffix", req.suffix), ("logit_bias", req.logit_bias)):
+            if bad:
+                raise bad_request(f"{name} is not supported by this server", name)
+        if req.best_of is not None and req.best_of != req.n:
+            raise bad_request(f"best_of must equal n (no server-side ranking), got {req.best_of}", "best_of")
+        prompt_ids, prompt_text = self._completion_prompt(req.prompt)
+        max_tokens = self._max_tokens(prompt_ids, req.max_tokens, "max_tokens", default=16)
+        params = self._params(req, max_tokens=max_tokens, logprobs=req.logprobs, rename={})
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        deltas, tracker = await self._open(request_id, prompt_ids, params, prompt_text, arrival_s, {})
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._completion_stream(request_id, created, len(prompt_ids), deltas, tracker,
+                                           include_usage, req.logprobs is not None)
+        texts, lps, reasons = await self._collect(deltas, tracker, params.n)
+        choices = [p.CompletionChoice(index=i, text=texts[i], finish_reason=_finish(reasons[i]),
+                                      logprobs=self._completion_logprobs(lps[i], 0)
+                                      if req.logprobs is not None else None)
+                   for i in range(params.n)]
+        return p.CompletionResponse(id=request_id, created=created, model=self.model_name,
+                                    choices=choices, usage=self._usage(len(prompt_ids), tracker))
+
+    async def _completion_stream(self, request_id: str, created: int, num_prompt: int,
+                                 deltas: AsyncIterator[SequenceDelta], tracker: _Tracker,
+                                 include_usage: bool, want_logprobs: bool) -> AsyncIterator[str]:
+        offsets: dict[int, int] = {}
+        try:
+            async for d in self._checked(deltas, tracker):
+                if not (d.text or d.finished or (want_logprobs and d.logprobs)):
+                    continue
+                lps = self._completion_logprobs(d.logprobs or [], offsets.get(d.index, 0)) \
+                    if want_logprobs else None
+                offsets[d.index] = offsets.get(d.index, 0) + len(d.text)
+                choice = p.CompletionChoice(index=d.index, text=d.text, logprobs=lps,
+                                            finish_reason=_finish(d.finish_reason))
+                yield _sse(p.CompletionResponse(id=request_id, created=created, model=self.model_name,
+                                                choices=[choice]))
+            if include_usage:
+                yield _sse(p.CompletionResponse(id=request_id, created=created, model=self.model_name,
+                                                choices=[], usage=self._usage(num_prompt, tracker)))
+        except APIError as e:
+            yield _sse(e.body())
+        finally:
+            self.engine.abort(request_id)
+            tracker.close()
+        yield _DONE
+
+    # -- chat completions ------------------------------------------------------------------
+
+    async def create_chat_completion(self, req: p.ChatCompletionRequest
+                                     ) -> p.ChatCompletionResponse | AsyncIterator[str]:
+        arrival_s = time.monotonic()
+        self.check_model(req.model)
+        if req.logit_bias:
+            raise bad_request("logit_bias is not supported by this server", "logit_bias")
+        if req.tools:
+            raise bad_request("tools are not supported by this server", "tools")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
+        prompt_ids = self._encode_chat(req.messages, req.add_generation_prompt)
+        name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        max_tokens = self._max_tokens(prompt_ids, requested, name, default=None)
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        rename = {"max_tokens": name, "logprobs": "top_logprobs"}
+        params = self._params(req, max_tokens=max_tokens, logprobs=logprobs, rename=rename)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        deltas, tracker = await self._open(request_id, prompt_ids, params, None, arrival_s, rename)
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._chat_stream(request_id, created, len(prompt_ids), params.n, deltas, tracker,
+                                     include_usage, req.logprobs)
+        texts, lps, reasons = await self._collect(deltas, tracker, params.n)
+        choices = [p.ChatChoice(index=i, message=p.ChatMessageOut(content=texts[i]),
+                                finish_reason=_finish(reasons[i]),
+                                logprobs=self._chat_logprobs(lps[i]) if req.logprobs else None)
+                   for i in range(params.n)]
+        return p.ChatCompletionResponse(id=request_id, created=created, model=self.model_name,
+                                        choices=choices, usage=self._usage(len(prompt_ids), tracker))
+
+    async def _chat_stream(self, request_id: str, created: int, num_prompt: int, n: int,
+                           deltas: AsyncIterator[SequenceDelta], tracker: _Tracker,
+                           include_usage: bool, want_logprobs: bool) -> AsyncIterator[str]:
+        def chunk(choices: list[p.ChatStreamChoice], usage: p.UsageInfo | None = None) -> str:
+            return _sse(p.ChatCompletionChunk(id=request_id, created=created, model=self.model_name,
+                                              choices=choices, usage=usage))
+
+        try:
+            for i in range(n):
+                yield chunk([p.ChatStreamChoice(index=i, delta=p.DeltaMessage(role="assistant", content=""))])
+            async for d in self._checked(deltas, tracker):
+                if not (d.text or d.finished or (want_logprobs and d.logprobs)):
+                    continue
+                lps = self._chat_logprobs(d.logprobs or []) if want_logprobs else None
+                delta = p.DeltaMessage(content=d.text) if d.text else p.DeltaMessage()
+                yield chunk([p.ChatStreamChoice(index=d.index, delta=delta, logprobs=lps,
+                                                finish_reason=_finish(d.finish_reason))])
+            if include_usage:
+                yield chunk([], self._usage(num_prompt, tracker))
+        except APIError as e:
+            yield _sse(e.body())
+        finally:
+            self.engine.abort(request_id)
+            tracker.close()
+        yield _DONE
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    def _completion_prompt(self, prompt: Any) -> tuple[list[int], str | None]:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:
+                raise bad_request(f"prompt must be one string or one token list (batches are not "
+                                  f"supported), got a list of {len(prompt)}", "prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            if not prompt:
+                raise bad_request("prompt must not be empty", "prompt")
+            return self.tokenizer.encode(prompt, add_special_tokens=True), prompt
+        self._check_token_ids(prompt, "prompt")
+        return list(prompt), None
+
+    def _check_token_ids(self, ids: list[int], param: str) -> None:
+        if not ids and param == "prompt":
+            raise bad_request("prompt must not be empty", param)
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise bad_request(f"{param} must hold token ids in [0, {vocab}), got {bad[0]}", param)
+
+    def _encode_chat(self, messages: list[p.ChatMessage], add_generation_prompt: bool) -> list[int]:
+        convo = []
+        for m in messages:
+            content = m.content if isinstance(m.content, str) or m.content is None \
+                else "".join(part.text for part in m.content)
+            convo.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+        text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=add_generation_prompt)
+        # The template writes the special tokens itself.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _max_tokens(self, prompt_ids: list[int], requested: int | None, name: str,
+                    default: int | None) -> int:
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise bad_request(f"prompt has {len(prompt_ids)} tokens, longer than model.max_model_len "
+                              f"{self.max_model_len} allows (with >= 1 new token)", "prompt")
+        if requested is None:
+            return room if default is None else min(default, room)
+        if requested > room:
+            raise bad_request(f"{name} must be <= {room} (model.max_model_len {self.max_model_len} "
+                              f"minus {len(prompt_ids)} prompt tokens), got {requested}", name)
+        return requested
+
+    def _params(self, req: p._SamplingFields, max_tokens: int, logprobs: int | None,
+                rename: dict[str, str]) -> SamplingParams:
+        fields = dict(
+            n=req.n, max_tokens=max_tokens, presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty, seed=req.seed, ignore_eos=req.ignore_eos,
+            stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
+            stop_token_ids=list(req.stop_token_ids or []), logprobs=logprobs,
+            skip_special_tokens=req.skip_special_tokens)
+        for name, value in (("temperature", req.temperature), ("top_p", req.top_p), ("top_k", req.top_k),
+                            ("min_p", req.min_p), ("repetition_penalty", req.repetition_penalty)):
+            if value is not None:
+                fields[name] = value
+        try:
+            return SamplingParams(**fields)
+        except ValueError as e:
+            raise from_value_error(e, rename) from None
+
+    async def _open(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                    prompt: str | None, arrival_s: float, rename: dict[str, str]
+                    ) -> tuple[AsyncIterator[SequenceDelta], _Tracker]:
+        """Start generation and wait for the first delta, so refusals still become HTTP errors."""
+        gen = self.engine.generate(request_id, prompt_ids, params, prompt=prompt)
+        try:
+            first = await gen.__anext__()
+        except ValueError as e:
+            raise from_value_error(e, rename) from None
+        except (EngineOverloadedError, EngineNotReadyError, EngineDeadError) as e:
+            raise from_engine_error(e) from None
+        except StopAsyncIteration:
+            raise APIError(503, "request was aborted before its first token", type="service_unavailable_error",
+                           code="aborted") from None
+
+        async def chained() -> AsyncIterator[SequenceDelta]:
+            yield first
+            async for d in gen:
+                yield d
+
+        return chained(), _Tracker(self.metrics, arrival_s)
+
+    async def _checked(self, deltas: AsyncIterator[SequenceDelta], tracker: _Tracker
+                       ) -> AsyncIterator[SequenceDelta]:
+        """Feed the tracker; turn engine failures into APIError (500 / 503)."""
+        try:
+            async for d in deltas:
+                tracker.on_delta(d)
+                if d.finish_reason == FinishReason.ERROR:
+                    tracker.reason = FinishReason.ERROR.value
+                    raise APIError(500, f"generation failed: {d.error}", type="internal_server_error")
+                yield d
+        except EngineDeadError as e:
+            tracker.reason = FinishReason.ERROR.value
+            raise from_engine_error(e) from None
+
+    async def _collect(self, deltas: AsyncIterator[SequenceDelta], tracker: _Tracker, n: int
+                       ) -> tuple[list[str], list[list[TokenLogprob]], list[FinishReason | None]]:
+        texts: list[list[str]] = [[] for _ in range(n)]
+        lps: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        reasons: list[FinishReason | None] = [None] * n
+        try:
+            async for d in self._checked(deltas, tracker):
+                texts[d.index].append(d.text)
+                lps[d.index].extend(d.logprobs or [])
+                if d.finished:
+                    reasons[d.index] = d.finish_reason
+        finally:
+            tracker.close()
+        return ["".join(t) for t in texts], lps, reasons
+
+    def _usage(self, num_prompt: int, tracker: _Tracker) -> p.UsageInfo:
+        done = tracker.num_completion_tokens
+        return p.UsageInfo(prompt_tokens=num_prompt, completion_tokens=done, total_tokens=num_prompt + done)
+
+    def _token(self, token_id: int) -> str:
+        text = self._token_text.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            self._token_text[token_id] = text
+        return text
+
+    def _completion_logprobs(self, lps: list[TokenLogprob], offset: int) -> p.CompletionLogprobs:
+        out = p.CompletionLogprobs()
+        for lp in lps:
+            token = self._token(lp.token_id)
+            out.tokens.append(token)
+            out.token_logprobs.append(lp.logprob)
+            out.top_logprobs.append({self._token(t): v for t, v in lp.top} if lp.top else None)
+            out.text_offset.append(offset)
+            offset += len(token)
+        return out
+
+    def _chat_logprobs(self, lps: list[TokenLogprob]) -> p.ChatLogprobs:
+        def entry(token_id: int, logprob: float) -> p.TopLogprob:
+            token = self._token(token_id)
+            return p.TopLogprob(token=token, logprob=logprob, bytes=list(token.encode("utf-8")))
+
+        content = [p.ChatLogprobsContent(**entry(lp.token_id, lp.logprob).model_dump(),
+                                         top_logprobs=[entry(t, v) for t, v in lp.top]) for lp in lps]
+        return p.ChatLogprobs(content=content)
