@@ -11,6 +11,9 @@ import jax.numpy as jnp
 
 from pallas_kernels.common import MASK_VALUE, check_options, check_pages, default_scale
 
+# XLA:GPU runs f32 dots in TF32 by default; the spec must not.
+_EXACT = jax.lax.Precision.HIGHEST
+
 
 def gather_pages(pages, block_tables, scales=None):
     """f32[B, M*S, K, D]: each row's pages in order, dequantized when scales are given."""
@@ -62,7 +65,8 @@ def paged_decode_attention(
     k = gather_pages(k_pages, block_tables, k_scales)        # f32[B, C, K, D], C = M*S
     v = gather_pages(v_pages, block_tables, v_scales)        # f32[B, C, K, D]
     qg = q.astype(jnp.float32).reshape(batch, num_kv_heads, group, head_dim)
-    logits = jnp.einsum("bkgd,bckd->bkgc", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum("bkgd,bckd->bkgc", qg, k, preferred_element_type=jnp.float32,
+                        precision=_EXACT) * scale
     if soft_cap is not None:
         logits = soft_cap * jnp.tanh(logits / soft_cap)
 
@@ -78,6 +82,7 @@ def paged_decode_attention(
     probs = jnp.where(valid, probs, 0.0)                     # NaN logits of unused pages -> 0
     denom = probs.sum(axis=-1, keepdims=True)                # f32[B, K, G, 1]
     v = jnp.where(valid[:, 0, 0, :, None, None], v, 0.0)     # 0 * NaN would still be NaN
-    out = jnp.einsum("bkgc,bckd->bkgd", probs, v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgc,bckd->bkgd", probs, v, preferred_element_type=jnp.float32,
+                        precision=_EXACT)
     out = jnp.where(denom > 0, out / jnp.where(denom > 0, denom, 1.0), 0.0)
     return out.reshape(batch, num_heads, head_dim).astype(q.dtype)
