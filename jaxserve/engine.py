@@ -1,0 +1,225 @@
+"""Engine: add_request / step / abort, tying scheduler, step inputs, runner and detokenizer together.
+
+engine.step():
+  plan   = scheduler.schedule()              decode slots + prefill chunks (host)
+  batch  = step_inputs.build_*(plan)         padded numpy arrays (host)
+  result = runner.run(batch, sampling)       model -> attention -> sampling (device), one copy back
+  ...    = self._append(seq, token)          stop checks, detokenize, free pages of finished seqs
+Not thread-safe: one thread drives it (AsyncEngine for the server, LLM for the Python API).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import jax.numpy as jnp
+
+from jaxserve.config import EngineConfig
+from jaxserve.model.arch import ModelArch
+from jaxserve.model.attention import AttentionOptions
+from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, SequenceDelta, TokenLogprob
+from jaxserve.runner import ModelRunner
+from jaxserve.sampling_params import SamplingParams
+from jaxserve.scheduler import Scheduler
+from jaxserve.sequence import Sequence
+from jaxserve.step_inputs import Shapes, build_decode, build_prefill, build_sampling
+from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
+from jaxserve.warmup import warmup_runner
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The waiting queue is at scheduler.max_waiting; retry later (HTTP 429)."""
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, arch: ModelArch, params, tokenizer: Tokenizer,
+                 model_name: str = "model"):
+        self.config = config
+        self.arch = arch
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        cache, sched = config.cache, config.scheduler
+        self.max_model_len = min(config.model.max_model_len, arch.max_position)
+        max_prefill_seqs = 8
+        self.shapes = Shapes(
+            page_size=cache.page_size, max_pages_per_seq=-(-self.max_model_len // cache.page_size),
+            decode_buckets=tuple(sched.decode_buckets), prefill_buckets=tuple(sched.prefill_buckets),
+            max_prefill_seqs=max_prefill_seqs, history_len=self.max_model_len)
+        self.scheduler = Scheduler(sched, cache, max_prefill_seqs)
+        self.runner = ModelRunner(arch, params, cache.num_pages, cache.page_size,
+                                  jnp.dtype(config.model.dtype),
+                                  AttentionOptions(config.kernel.attention_impl, config.kernel.interpret))
+        self.requests: dict[str, list[Sequence]] = {}
+        self._detok: dict[int, IncrementalDetokenizer] = {}
+        self._next_seq_id = 0
+        self._num_requests = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "Engine":
+        from jaxserve.loading import load_model
+        arch, params, tokenizer, name = load_model(config)
+        return cls(config, arch, params, tokenizer, name)
+
+    # ------------------------------------------------------------------------------ requests
+    def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError naming the field if the request can never be served."""
+        params.validate()
+        if not prompt_token_ids:
+            raise ValueError("prompt must not be empty")
+        if any(not isinstance(t, int) or not 0 <= t < self.arch.vocab_size for t in prompt_token_ids):
+            raise ValueError(f"prompt holds token ids outside the vocabulary [0, {self.arch.vocab_size})")
+        n = len(prompt_token_ids)
+        if n >= self.max_model_len:
+            raise ValueError(f"prompt has {n} tokens; model.max_model_len is {self.max_model_len}, "
+                             f"which must leave room for at least one output token")
+        capacity = self.scheduler.allocator.num_usable * self.config.cache.page_size
+        if n + 1 > capacity:
+            raise ValueError(f"prompt has {n} tokens but the KV cache holds only {capacity} "
+                             f"(cache.num_pages x cache.page_size)")
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    prompt: str | None = None) -> None:
+        self.validate_request(prompt_token_ids, params)
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if len(self.scheduler.waiting) >= self.config.scheduler.max_waiting:
+            raise QueueFull(f"{len(self.scheduler.waiting)} requests are waiting "
+                            f"(scheduler.max_waiting = {self.config.scheduler.max_waiting})")
+        base_seed = params.seed if params.seed is not None else (self.config.seed * 1_000_003
+                                                                 + self._num_requests)
+        self._num_requests += 1
+        max_tokens = min(params.max_tokens, self.max_model_len - len(prompt_token_ids))
+        if max_tokens != params.max_tokens:
+            params = params.replace(max_tokens=max_tokens)
+        metrics = RequestMetrics(arrival_s=time.perf_counter())
+        seqs = []
+        for i in range(params.n):
+            seq = Sequence(seq_id=self._next_seq_id, request_id=request_id, index=i,
+                           prompt_ids=list(prompt_token_ids), params=params,
+                           seed=(base_seed + i * 0x9E3779B1) & 0xFFFFFFFF,
+                           metrics=metrics if i == 0 else RequestMetrics(arrival_s=metrics.arrival_s))
+            self._next_seq_id += 1
+            self._detok[seq.seq_id] = IncrementalDetokenizer(
+                self.tokenizer, prompt_token_ids, skip_special_tokens=params.skip_special_tokens)
+            self.scheduler.add(seq)
+            seqs.append(seq)
+        self.requests[request_id] = seqs
+        self.prompt_tokens_total += len(prompt_token_ids)
+
+    def abort_request(self, request_id: str) -> list[SequenceDelta]:
+        """Cancel a request; its pages are released at once."""
+        deltas = []
+        for seq in self.requests.pop(request_id, []):
+            if not seq.finished:
+                seq.finish_reason = FinishReason.ABORT
+                self.scheduler.finish(seq)
+                deltas.append(self._delta(seq, [], "", None))
+            self._detok.pop(seq.seq_id, None)
+        return deltas
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---------------------------------------------------------------------------------- step
+    def step(self) -> list[SequenceDelta]:
+        plan = self.scheduler.schedule()
+        deltas: list[SequenceDelta] = []
+        if plan.decodes:
+            batch = build_decode(plan.decodes, self.shapes)
+            result = self.runner.run(batch, build_sampling(plan.decodes, len(batch.kv_lens), self.shapes))
+            for i, seq in enumerate(plan.decodes):
+                self.scheduler.advance(seq, seq.num_computed + 1)
+                deltas.append(self._append(seq, result, i))
+        if plan.prefills:
+            batch = build_prefill(plan.prefills, self.shapes)
+            seqs = [c.seq for c in plan.prefills]
+            result = self.runner.run(batch, build_sampling(seqs, len(batch.kv_lens), self.shapes))
+            for i, chunk in enumerate(plan.prefills):
+                self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
+                if chunk.completes_prompt:
+                    deltas.append(self._append(chunk.seq, result, i))
+        return deltas
+
+    def _append(self, seq: Sequence, result, row: int) -> SequenceDelta:
+        token = int(result.tokens[row])
+        now = time.perf_counter()
+        if seq.metrics.first_token_s is None:
+            seq.metrics.first_token_s = now
+        seq.metrics.token_times_s.append(now)
+        seq.output_ids.append(token)
+        self.generation_tokens_total += 1
+        logprobs = None
+        if seq.params.logprobs is not None:
+            k = seq.params.logprobs
+            top = [(int(t), float(lp)) for t, lp in zip(result.top_ids[row][:k], result.top_logprobs[row][:k])]
+            logprobs = [TokenLogprob(token, float(result.logprobs[row]), top)]
+            seq.output_logprobs.extend(logprobs)
+
+        p = seq.params
+        reason = None
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.tokenizer.eos_token_ids):
+            reason = FinishReason.STOP
+        elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            reason = FinishReason.LENGTH
+        text = self._detok[seq.seq_id].push([token])
+        if reason is not None:
+            text += self._detok[seq.seq_id].flush()
+        text, stopped = self._apply_stop_strings(seq, text, final=reason is not None)
+        if stopped:
+            reason = FinishReason.STOP
+        if reason is not None:
+            self._finish(seq, reason)
+        return self._delta(seq, [token], text, logprobs)
+
+    def _apply_stop_strings(self, seq: Sequence, new_text: str, final: bool) -> tuple[str, bool]:
+        """Trim at the first stop string; hold back a tail that could still start one."""
+        stops = seq.params.stop
+        full = seq.text + seq.held_text + new_text if stops else seq.text + new_text
+        if not stops:
+            seq.text = full
+            return new_text, False
+        start = max(0, len(seq.text) - max(len(s) for s in stops))
+        hits = [i for i in (full.find(s, start) for s in stops) if i >= 0]
+        if hits:
+            cut = min(hits)
+            out = full[len(seq.text):cut]
+            seq.text, seq.held_text = full[:cut], ""
+            return out, True
+        hold = 0 if final else max(len(s) for s in stops) - 1
+        emit_to = max(len(seq.text), len(full) - hold)
+        out = full[len(seq.text):emit_to]
+        seq.text, seq.held_text = full[:emit_to], full[emit_to:]
+        return out, False
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        seq.finish_reason = reason
+        seq.metrics.finished_s = time.perf_counter()
+        self.scheduler.finish(seq)
+        self._detok.pop(seq.seq_id, None)
+        seqs = self.requests.get(seq.request_id, [])
+        if all(s.finished for s in seqs):
+            self.requests.pop(seq.request_id, None)
+
+    def _delta(self, seq: Sequence, tokens, text, logprobs) -> SequenceDelta:
+        return SequenceDelta(request_id=seq.request_id, index=seq.index, token_ids=tokens, text=text,
+                             logprobs=logprobs, finish_reason=seq.finish_reason,
+                             num_prompt_tokens=len(seq.prompt_ids))
+
+    # ---------------------------------------------------------------------------- reporting
+    def stats(self) -> EngineStats:
+        alloc = self.scheduler.allocator
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            kv_pages_used=alloc.num_used, kv_pages_total=alloc.num_usable,
+            prefix_cache_queries=alloc.prefix_queries, prefix_cache_hits=alloc.prefix_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds)
+
+    def warmup(self) -> None:
+        warmup_runner(self.runner, self.shapes)

@@ -1,0 +1,38 @@
+"""load_model(config) -> (arch, params, tokenizer, served name): checkpoint, tokenizer and cache."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import jax
+
+from jaxserve.config import EngineConfig
+from jaxserve.model.arch import ModelArch, tiny_arch
+from jaxserve.model.llama import init_random_params
+from jaxserve.model.source import KNOWN_MODELS, cache_dir, resolve_model_source
+from jaxserve.model.weights import load_checkpoint
+from jaxserve.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+TINY_RANDOM = "tiny-random"   # 2-layer random weights + the SmolLM2 tokenizer: fast logic tests
+
+
+def load_model(config: EngineConfig) -> tuple[ModelArch, dict, Tokenizer, str]:
+    source = config.model.source
+    t0 = time.perf_counter()
+    if source == TINY_RANDOM:
+        tok_path = resolve_model_source(next(iter(KNOWN_MODELS)))
+        tokenizer = Tokenizer.from_gguf(tok_path)
+        arch = tiny_arch(vocab_size=tokenizer.vocab_size)
+        params = init_random_params(arch, jax.random.key(config.seed))
+        name = TINY_RANDOM
+    else:
+        path = resolve_model_source(source)
+        ckpt_dir = Path(config.model.checkpoint_dir) if config.model.checkpoint_dir else cache_dir() / "params"
+        arch, params = load_checkpoint(path, config.model.dtype, ckpt_dir)
+        tokenizer = Tokenizer.from_gguf(path) if path.suffix == ".gguf" else Tokenizer.from_hf_dir(path)
+        name = source if source in KNOWN_MODELS else path.stem
+    log.info("loaded %s in %.1f s: %s", source, time.perf_counter() - t0, arch)
+    return arch, params, tokenizer, config.model.served_model_name or name

@@ -1,0 +1,77 @@
+"""ModelRunner: owns the params and KV pools and the jitted steps. The only device code in the loop.
+
+Two jitted programs per step shape: the model (pools donated, so no step copies them) and the
+sampler (small; compiled per feature set). One device-to-host copy per step brings back the
+sampled tokens and any requested logprobs together.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxserve.kv_cache import KVPages, allocate_kv_pages
+from jaxserve.model.arch import ModelArch
+from jaxserve.model.attention import AttentionOptions, ModelBatch
+from jaxserve.model.llama import forward
+from jaxserve.sampling import SampleResult, SamplingArrays, sample
+
+log = logging.getLogger(__name__)
+
+
+class CompileCounter:
+    """Counts traces of the jitted steps: a Python side effect runs only when JAX traces."""
+
+    def __init__(self):
+        self.count = 0
+        self.seconds = 0.0
+        self.keys: list[str] = []
+
+    def traced(self, what: str) -> None:
+        self.count += 1
+        self.keys.append(what)
+        log.info("compiling %s (compile #%d)", what, self.count)
+
+
+class ModelRunner:
+    def __init__(self, arch: ModelArch, params, num_pages: int, page_size: int, dtype,
+                 opts: AttentionOptions):
+        self.arch = arch
+        self.params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
+        self.kv = allocate_kv_pages(arch, num_pages, page_size, dtype)
+        self.opts = opts
+        self.compiles = CompileCounter()
+        counter = self.compiles
+
+        def model_step(params, kv: KVPages, batch: ModelBatch):
+            counter.traced(f"model {batch.mode} T={batch.tokens.shape[0]} "
+                           f"N={batch.kv_lens.shape[0]} M={batch.block_tables.shape[1]}")
+            return forward(params, kv, batch, arch=arch, opts=opts)
+
+        def sample_step(logits, arrays: SamplingArrays):
+            counter.traced(f"sampler B={logits.shape[0]} sample={arrays.do_sample} "
+                           f"filters={arrays.use_filters} penalties={arrays.use_penalties} "
+                           f"logprobs={arrays.num_logprobs}")
+            return sample(logits, arrays)
+
+        self._model_step = jax.jit(model_step, donate_argnames=("kv",))
+        self._sample_step = jax.jit(sample_step)
+
+    def run(self, batch: ModelBatch, arrays: SamplingArrays) -> SampleResult:
+        """Run the model on one padded batch and sample; returns host numpy results."""
+        before = self.compiles.count
+        t0 = time.perf_counter()
+        logits, self.kv = self._model_step(self.params, self.kv, batch)
+        result = jax.device_get(self._sample_step(logits, arrays))
+        if self.compiles.count != before:
+            self.compiles.seconds += time.perf_counter() - t0
+        return result
+
+    def logits(self, batch: ModelBatch) -> np.ndarray:
+        """The model's logits for a batch (tests and numerics checks)."""
+        logits, self.kv = self._model_step(self.params, self.kv, batch)
+        return np.asarray(logits)
