@@ -97,7 +97,8 @@ class AsyncEngine:
         self.config = engine.config
         self.tokenizer = engine.tokenizer
         self.model_name: str = engine.model_name
-        self.max_model_len: int = engine.config.model.max_model_len
+        # The engine may cap the configured length by the model's positions.
+        self.max_model_len: int = getattr(engine, "max_model_len", engine.config.model.max_model_len)
         self.max_waiting = max_waiting if max_waiting is not None else engine.config.scheduler.max_waiting
         self.warmup_time_s: float | None = None
         self.error: BaseException | None = None
@@ -180,6 +181,9 @@ class AsyncEngine:
         if len(prompt_token_ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(prompt_token_ids)} tokens, longer than "
                              f"model.max_model_len {self.max_model_len} allows (with >= 1 new token)")
+        validate = getattr(self.engine, "validate_request", None)
+        if validate is not None:  # reads only fixed engine facts (vocab, cache size): safe here
+            validate(prompt_token_ids, params)
         waiting = self._stats.num_waiting + self._pending_adds
         if waiting >= self.max_waiting:
             raise EngineOverloadedError(
@@ -295,6 +299,12 @@ class AsyncEngine:
                                         prompt=command.prompt)
             except ValueError as e:
                 command.ack.set_exception(e)
+            except Exception as e:
+                # The engine's own queue limit (its QueueFull) raced past check_request's.
+                if type(e).__name__ != "QueueFull":
+                    command.ack.set_exception(EngineDeadError(f"engine failed: {e!r}"))
+                    raise
+                command.ack.set_exception(EngineOverloadedError(str(e)))
             except BaseException as e:
                 command.ack.set_exception(EngineDeadError(f"engine failed: {e!r}"))
                 raise
