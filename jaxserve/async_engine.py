@@ -105,7 +105,7 @@ class AsyncEngine:
 
         self._inbox: queue.SimpleQueue[_Add | _Abort] = queue.SimpleQueue()
         self._wake = threading.Condition()         # guards _inbox puts, _pending_adds, _stop, error
-        self._pending_adds = 0                     # adds put but not yet taken by the engine thread
+        self._pending_adds = 0                     # adds not yet counted in the stats snapshot
         self._stop = False
         self._streams: dict[str, _Stream] = {}     # asyncio side: requests being generated
         # Engine-thread side: request id -> (stream, sequences not finished yet).
@@ -272,28 +272,33 @@ class AsyncEngine:
                         self._wake.wait()
                     if self._stop:
                         return
-                self._apply_commands()
+                num_added = self._apply_commands()
+                self._stats = self.engine.stats()
+                with self._wake:
+                    # Only now: until the snapshot counts them, check_request counts them here.
+                    self._pending_adds -= num_added
                 if self.engine.has_unfinished_requests():
                     self._deliver(self.engine.step())
-                self._stats = self.engine.stats()
+                    self._stats = self.engine.stats()
         except BaseException as e:  # noqa: BLE001 - any failure must reach every waiting request
             logger.exception("engine thread failed")
             self._fail_all(e)
         finally:
             self._ready.set()
 
-    def _apply_commands(self) -> None:
+    def _apply_commands(self) -> int:
+        """Apply queued adds and aborts in arrival order; returns the number of adds taken."""
+        num_added = 0
         while True:
             try:
                 command = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                return num_added
             if isinstance(command, _Abort):
                 if self._live.pop(command.request_id, None) is not None:
                     self.engine.abort_request(command.request_id)
                 continue
-            with self._wake:
-                self._pending_adds -= 1
+            num_added += 1
             try:
                 self.engine.add_request(command.request_id, command.prompt_token_ids, command.params,
                                         prompt=command.prompt)

@@ -73,14 +73,18 @@ def _free_socket() -> socket.socket:
 
 
 @contextlib.contextmanager
-def live_server(engine: Any, config: EngineConfig, kind: str = "fake",
-                max_waiting: int | None = None, ready_timeout_s: float = 600) -> Iterator[Live]:
-    """Serve `engine` with uvicorn in a thread until the block exits."""
+def live_server(engine: Any, config: EngineConfig, kind: str = "fake", max_waiting: int | None = None,
+                ready_timeout_s: float = 600, make_server=None) -> Iterator[Live]:
+    """Serve `engine` with uvicorn in a thread until the block exits.
+
+    make_server(async_engine, uvicorn_config) -> uvicorn.Server, e.g. the CLI's draining server.
+    """
     sock = _free_socket()
     port = sock.getsockname()[1]
     async_engine = AsyncEngine(engine, max_waiting=max_waiting)
     app = create_app(async_engine, config)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+    uv_config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30)
+    server = (make_server or (lambda _, c: uvicorn.Server(c)))(async_engine, uv_config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     live = Live(kind, f"http://127.0.0.1:{port}", app, async_engine, server, config)

@@ -1,0 +1,201 @@
+"""`jaxserve serve|generate`: flags -> config -> engine -> app (or one-off generation).
+
+    jaxserve serve --config configs/smollm2-135m.yaml --port 8000 --max-num-seqs 16
+    jaxserve generate --config configs/smollm2-135m.yaml --max-tokens 32 "Once upon a time"
+
+Flags override the YAML file, which overrides the defaults in config.py; `--set key=value`
+reaches any config field by its dotted name (`--set cache.num_pages=1024`). Both commands turn
+on JAX's persistent compilation cache (~/.cache/jaxserve/xla), so a restart skips most compiles.
+`serve` loads the model, starts HTTP at once (/health answers 503 while warming up), compiles
+every bucket, then logs the URL; SIGTERM stops new requests, drains those in flight, then exits.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from jaxserve.config import EngineConfig, load_config, overrides_from_dotted
+
+logger = logging.getLogger("jaxserve")
+
+DEFAULT_XLA_CACHE = Path.home() / ".cache" / "jaxserve" / "xla"
+
+# flag -> dotted config key; None values (flag not given) leave the YAML value alone.
+_FLAG_KEYS = {
+    "model": "model.source",
+    "served_model_name": "model.served_model_name",
+    "dtype": "model.dtype",
+    "max_model_len": "model.max_model_len",
+    "page_size": "cache.page_size",
+    "num_pages": "cache.num_pages",
+    "max_num_seqs": "scheduler.max_num_seqs",
+    "max_num_batched_tokens": "scheduler.max_num_batched_tokens",
+    "max_waiting": "scheduler.max_waiting",
+    "attention_impl": "kernel.attention_impl",
+    "host": "server.host",
+    "port": "server.port",
+    "api_key": "server.api_key",
+    "seed": "seed",
+}
+
+
+def build_config(args: argparse.Namespace) -> EngineConfig:
+    """YAML file (if any) + `--set` pairs + named flags, in increasing priority."""
+    dotted: dict[str, Any] = {}
+    for pair in args.set or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        dotted[key] = yaml.safe_load(value)
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            dotted[key] = value
+    if getattr(args, "no_warmup", False):
+        dotted["server.warmup"] = False
+    try:
+        return load_config(args.config, overrides_from_dotted(dotted))
+    except ValueError as e:
+        raise SystemExit(f"config error: {e}") from None
+
+
+def enable_compilation_cache(path: Path = DEFAULT_XLA_CACHE) -> None:
+    """Keep compiled XLA programs on disk so the next start loads instead of compiling."""
+    import jax
+
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    # JAX skips caching programs that compiled in under a second; ours are many and small.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (configs/*.yaml)")
+    p.add_argument("--model", help="model.source: a known name, a .gguf file or a safetensors dir")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--page-size", type=int)
+    p.add_argument("--num-pages", type=int)
+    p.add_argument("--max-num-seqs", type=int)
+    p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument("--attention-impl", choices=["auto", "reference", "triton", "mosaic"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. cache.num_pages=1024")
+    p.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent XLA cache")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxserve", description="LLM serving engine on JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    _config_flags(serve)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` (or set JAXSERVE_API_KEY)")
+    serve.add_argument("--served-model-name")
+    serve.add_argument("--max-waiting", type=int, help="queued requests before answering 429")
+    serve.add_argument("--no-warmup", action="store_true", help="report ready before compiling the buckets")
+    serve.add_argument("--drain-timeout", type=float, default=60.0,
+                       help="seconds SIGTERM waits for requests in flight")
+
+    gen = sub.add_parser("generate", help="generate from prompts given on the command line")
+    _config_flags(gen)
+    gen.add_argument("prompts", nargs="+")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--sample-seed", type=int, help="per-request sampling seed")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template as a user turn")
+    gen.add_argument("--no-stream", action="store_true", help="print whole results instead of streaming")
+    return parser
+
+
+def _make_draining_server(async_engine: Any, config: Any):
+    """A uvicorn.Server whose SIGTERM/SIGINT first refuses new requests, then drains the rest."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.should_exit:
+                logger.info("%s: refusing new requests, draining %d in flight",
+                            signal.Signals(sig).name, async_engine.num_in_flight)
+            async_engine.stop_accepting()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
+
+
+def serve(args: argparse.Namespace, start_time_s: float) -> None:
+    import uvicorn
+
+    from jaxserve.async_engine import AsyncEngine
+    from jaxserve.server import create_app
+
+    config = build_config(args)
+    if not args.no_compile_cache:
+        enable_compilation_cache()
+    from jaxserve.engine import Engine
+
+    t0 = time.monotonic()
+    engine = Engine.from_config(config)
+    logger.info("loaded %s in %.1f s", engine.model_name, time.monotonic() - t0)
+    async_engine = AsyncEngine(engine)
+    app = create_app(async_engine, config, start_time_s=start_time_s)
+    server = _make_draining_server(async_engine, uvicorn.Config(
+        app, host=config.server.host, port=config.server.port, log_level=args.log_level,
+        timeout_graceful_shutdown=int(args.drain_timeout)))
+    server.run()
+
+
+def generate(args: argparse.Namespace) -> None:
+    from jaxserve.sampling_params import SamplingParams
+
+    config = build_config(args)
+    if not args.no_compile_cache:
+        enable_compilation_cache()
+    from jaxserve.llm import LLM
+
+    llm = LLM(config)
+    try:
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                top_k=args.top_k, seed=args.sample_seed)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    prompts = args.prompts
+    if args.chat:
+        prompts = [llm.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+    if args.no_stream:
+        for out in llm.generate(prompts, params, use_tqdm=False):
+            print(out.text)
+        return
+    for prompt in prompts:
+        for piece in llm.stream(prompt, params):
+            print(piece, end="", flush=True)
+        print()
+
+
+def main(argv: list[str] | None = None) -> None:
+    start_time_s = time.monotonic()
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        serve(args, start_time_s)
+    else:
+        generate(args)
+
+
+if __name__ == "__main__":
+    main()
