@@ -95,3 +95,80 @@ def dense_attention(q, k, v, q_pos, *, scale, soft_cap=None, sliding_window=None
             p = np.exp(logits - logits.max())
             out[i, h] = p @ vh / p.sum()
     return out
+
+
+# Kernel-vs-reference tolerances, keyed by the query (compute) dtype. f32 kernels use exact
+# (non-TF32) dots, so they agree with the f32 reference to rounding; bf16 kernels round the
+# probabilities to bf16 before the PV product, as flash kernels do.
+TOLERANCE = {
+    "float32": dict(rtol=2e-5, atol=2e-5),
+    "bfloat16": dict(rtol=2e-2, atol=2e-2),
+}
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """Shapes and options of one kernel test; `seqs` is (q_len, kv_len) per sequence."""
+    name: str
+    seqs: tuple[tuple[int, int], ...]
+    heads: int
+    kv_heads: int
+    head_dim: int
+    page_size: int
+    max_pages: int
+    kv_dtype: str                 # float32 | bfloat16 | int8
+    q_dtype: str = "float32"
+    options: tuple = ()           # (name, value) pairs: scale, soft_cap, sliding_window
+    seed: int = 0
+
+    def __str__(self):
+        return self.name
+
+
+def random_case(seed: int, *, decode: bool) -> AttentionCase:
+    """Random shapes within the kernels' rules (powers of two for D and S)."""
+    rng = np.random.default_rng(1000 + seed)
+    kv_heads = int(rng.choice([1, 2]))
+    group = int(rng.choice([1, 3, 8]))
+    page_size = int(rng.choice([4, 8, 16]))
+    max_pages = int(rng.integers(1, 5))
+    seqs = []
+    for _ in range(int(rng.integers(1, 5))):
+        kv_len = int(rng.integers(0, page_size * max_pages + 1))
+        q_len = min(kv_len, 1 if decode else int(rng.integers(1, 20)))
+        seqs.append((q_len, kv_len))
+    kv_dtype = str(rng.choice(["float32", "bfloat16", "int8"]))
+    q_dtype = "bfloat16" if kv_dtype == "bfloat16" else str(rng.choice(["float32", "bfloat16"]))
+    options = (("soft_cap", 4.0),) if rng.random() < 0.3 else ()
+    if rng.random() < 0.3:
+        options += (("sliding_window", int(rng.integers(1, 20))),)
+    return AttentionCase(f"random{seed}", tuple(seqs), kv_heads * group, kv_heads,
+                         int(rng.choice([64, 128])), page_size, max_pages, kv_dtype, q_dtype,
+                         options, seed)
+
+
+def decode_args(case: AttentionCase):
+    """(args, kwargs) for paged_decode_attention, from a case whose q_lens are ignored."""
+    rng = np.random.default_rng(case.seed)
+    lengths = [kv for _, kv in case.seqs]
+    pool = make_pool(rng, lengths, num_kv_heads=case.kv_heads, head_dim=case.head_dim,
+                     page_size=case.page_size, max_pages=case.max_pages, dtype=case.kv_dtype)
+    q = jnp.asarray(rng.standard_normal((len(lengths), case.heads, case.head_dim)), case.q_dtype)
+    args = (q, pool.k_pages, pool.v_pages, jnp.asarray(pool.block_tables), jnp.asarray(lengths, jnp.int32))
+    return args, dict(pool.kv_args(), **dict(case.options))
+
+
+def prefill_args(case: AttentionCase, padding_tokens: int = 3):
+    """(args, kwargs) for ragged_prefill_attention, with padding tokens after the last chunk."""
+    rng = np.random.default_rng(case.seed)
+    pool = make_pool(rng, [kv for _, kv in case.seqs], num_kv_heads=case.kv_heads,
+                     head_dim=case.head_dim, page_size=case.page_size, max_pages=case.max_pages,
+                     dtype=case.kv_dtype)
+    q_lens = [ql for ql, _ in case.seqs]
+    cu = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    q = jnp.asarray(rng.standard_normal((int(cu[-1]) + padding_tokens, case.heads, case.head_dim)),
+                    case.q_dtype)
+    kv_lens = jnp.asarray([kv for _, kv in case.seqs], jnp.int32)
+    args = (q, pool.k_pages, pool.v_pages, jnp.asarray(pool.block_tables), jnp.asarray(cu), kv_lens)
+    kwargs = dict(pool.kv_args(), max_q_len=max(max(q_lens), 1), **dict(case.options))
+    return args, kwargs

@@ -1,0 +1,10 @@
+"""Backend modes for the kernel tests: interpreted ones run anywhere, compiled ones need hardware."""
+import pytest
+
+# (impl, interpret): one test body runs the kernel compiled and interpreted.
+KERNEL_MODES = [
+    pytest.param("triton", True, id="triton-interpret"),
+    pytest.param("triton", False, id="triton", marks=pytest.mark.gpu),
+    pytest.param("mosaic", True, id="mosaic-interpret"),
+    pytest.param("mosaic", False, id="mosaic", marks=pytest.mark.tpu),
+]
