@@ -1,0 +1,331 @@
+"""Serving benchmark: an OpenAI-API load generator for jaxserve, vLLM, llama.cpp's server, ...
+
+    python tools/bench_serving.py --base-url http://127.0.0.1:8000 --num-prompts 64 \
+        --input-len 128 --output-len 64 --concurrency 8
+    python tools/bench_serving.py --request-rate 2 --slo-ttft 1.0 --slo-tpot 0.1 ...
+
+Prompts are real English text: docstrings of Python's own standard library (public domain-like,
+present on every machine), cut at random offsets to --input-len tokens. Token counts come from
+the server's /tokenize when it has one (jaxserve/vLLM or llama.cpp shape), else one whitespace
+word counts as one token. Every request streams, asks for exactly --output-len tokens
+(max_tokens + ignore_eos, unless --no-ignore-eos) and usage in the last chunk.
+
+Load: --concurrency N keeps N requests in flight (closed loop); --request-rate R sends Poisson
+arrivals at R requests/s (optionally capped by --max-concurrency). Reports request and output-token
+throughput, TTFT, TPOT (time per output token after the first), ITL (gap between streamed chunks)
+and end-to-end latency at mean/p50/p90/p99, and goodput: requests/s meeting both --slo-ttft and
+--slo-tpot. Writes the results to --out (JSON) and latency histograms to --plot (PNG, needs
+matplotlib). Always state the hardware and server config next to the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import sys
+import sysconfig
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class Result:
+    ok: bool
+    prompt_tokens: int
+    output_tokens: int = 0
+    ttft_s: float = 0.0
+    e2e_s: float = 0.0
+    itl_s: list[float] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def tpot_s(self) -> float | None:
+        return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1) if self.output_tokens > 1 else None
+
+
+# -- prompts -----------------------------------------------------------------------------------
+
+def stdlib_words(max_words: int = 400_000) -> list[str]:
+    """Words of the standard library's docstrings, in a fixed order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    words: list[str] = []
+    for path in sorted(root.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    words.extend(doc.split())
+        if len(words) >= max_words:
+            break
+    return words
+
+
+class TokenCounter:
+    """Counts tokens with the server's /tokenize (two known shapes), else by whitespace words."""
+
+    def __init__(self, client: httpx.Client, model: str):
+        self.client, self.model, self.kind = client, model, "words"
+        for kind in ("openai", "llamacpp"):
+            try:
+                if self._count(kind, "hello world") > 0:
+                    self.kind = kind
+                    break
+            except (httpx.HTTPError, KeyError, ValueError, TypeError):
+                continue
+
+    def _count(self, kind: str, text: str) -> int:
+        if kind == "openai":
+            r = self.client.post("/tokenize", json={"model": self.model, "prompt": text,
+                                                   "add_special_tokens": False})
+        else:
+            r = self.client.post("/tokenize", json={"content": text})
+        r.raise_for_status()
+        return len(r.json()["tokens"])
+
+    def count(self, text: str) -> int:
+        return len(text.split()) if self.kind == "words" else self._count(self.kind, text)
+
+
+def build_prompts(words: list[str], counter: TokenCounter, num: int, input_len: int,
+                  rng: random.Random) -> list[tuple[str, int]]:
+    """num (prompt, token count) pairs of about input_len tokens each, at random offsets."""
+    sample = " ".join(words[:2000])
+    per_word = counter.count(sample) / 2000
+    prompts = []
+    for _ in range(num):
+        guess = max(1, round(input_len / per_word))
+        best = None
+        while best is None:   # retried only when the first word alone is too long
+            start = rng.randrange(0, max(1, len(words) - 3 * guess))
+            # Binary search: the most words whose token count is still <= input_len.
+            lo, hi = 1, 3 * guess + 8
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                text = " ".join(words[start:start + mid])
+                n = counter.count(text)
+                if n <= input_len:
+                    lo, best = mid + 1, (text, n)
+                else:
+                    hi = mid - 1
+        prompts.append(best)
+    return prompts
+
+
+# -- one request -------------------------------------------------------------------------------
+
+async def send(client: httpx.AsyncClient, args: argparse.Namespace, model: str, prompt: str,
+               prompt_tokens: int) -> Result:
+    body: dict = {"model": model, "max_tokens": args.output_len, "stream": True,
+                  "temperature": args.temperature, "stream_options": {"include_usage": True}}
+    if not args.no_ignore_eos:
+        body["ignore_eos"] = True
+    if args.endpoint == "chat":
+        path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
+    else:
+        path, body["prompt"] = "/v1/completions", prompt
+    res = Result(ok=False, prompt_tokens=prompt_tokens)
+    start = last = time.perf_counter()
+    chunks = 0
+    try:
+        async with client.stream("POST", path, json=body) as r:
+            if r.status_code != 200:
+                res.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                return res
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                msg = json.loads(data)
+                if "error" in msg:
+                    res.error = str(msg["error"])[:200]
+                    return res
+                if msg.get("usage"):
+                    res.output_tokens = msg["usage"]["completion_tokens"]
+                    res.prompt_tokens = msg["usage"].get("prompt_tokens", prompt_tokens)
+                for choice in msg.get("choices") or []:
+                    text = choice.get("text") if args.endpoint != "chat" else \
+                        (choice.get("delta") or {}).get("content")
+                    if not text:
+                        continue
+                    now = time.perf_counter()
+                    if chunks == 0:
+                        res.ttft_s = now - start
+                    else:
+                        res.itl_s.append(now - last)
+                    last, chunks = now, chunks + 1
+    except (httpx.HTTPError, json.JSONDecodeError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+        return res
+    res.e2e_s = time.perf_counter() - start
+    res.output_tokens = res.output_tokens or chunks   # no usage: one chunk ~ one token
+    res.ok = chunks > 0
+    res.error = "" if res.ok else "no output"
+    return res
+
+
+async def run_load(args: argparse.Namespace, model: str, prompts: list[tuple[str, int]]
+                   ) -> tuple[list[Result], float]:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    limit = args.concurrency or args.max_concurrency or len(prompts)
+    async with httpx.AsyncClient(base_url=args.base_url, headers=headers, timeout=args.timeout,
+                                 limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+                                 ) as client:
+        for _ in range(args.warmup_requests):
+            await send(client, args, model, prompts[0][0], prompts[0][1])
+        sem = asyncio.Semaphore(limit)
+        rng = random.Random(args.seed + 1)
+
+        async def one(prompt: str, n: int) -> Result:
+            async with sem:
+                return await send(client, args, model, prompt, n)
+
+        start = time.perf_counter()
+        tasks = []
+        for prompt, n in prompts:
+            tasks.append(asyncio.create_task(one(prompt, n)))
+            if args.request_rate and math.isfinite(args.request_rate):
+                await asyncio.sleep(rng.expovariate(args.request_rate))
+        results = await asyncio.gather(*tasks)
+        return list(results), time.perf_counter() - start
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": float("nan"), "p50": float("nan"), "p90": float("nan"), "p99": float("nan")}
+    v = sorted(values)
+
+    def q(p: float) -> float:   # linear interpolation between closest ranks
+        k = (len(v) - 1) * p
+        lo, hi = math.floor(k), math.ceil(k)
+        return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+    return {"mean": sum(v) / len(v), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
+
+
+def summarize(args: argparse.Namespace, model: str, results: list[Result], duration_s: float) -> dict:
+    ok = [r for r in results if r.ok]
+    out_tokens = sum(r.output_tokens for r in ok)
+    tpots = [r.tpot_s for r in ok if r.tpot_s is not None]
+    good = [r for r in ok if r.ttft_s <= args.slo_ttft and (r.tpot_s or 0.0) <= args.slo_tpot]
+    return {
+        "server": args.base_url, "model": model, "endpoint": args.endpoint,
+        "client_host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "load": {"num_prompts": len(results), "input_len": args.input_len, "output_len": args.output_len,
+                 "concurrency": args.concurrency, "request_rate": args.request_rate,
+                 "max_concurrency": args.max_concurrency, "ignore_eos": not args.no_ignore_eos},
+        "duration_s": duration_s, "completed": len(ok), "failed": len(results) - len(ok),
+        "errors": sorted({r.error for r in results if not r.ok})[:5],
+        "mean_input_tokens": sum(r.prompt_tokens for r in ok) / max(1, len(ok)),
+        "total_output_tokens": out_tokens,
+        "request_throughput_rps": len(ok) / duration_s,
+        "output_throughput_tps": out_tokens / duration_s,
+        "total_token_throughput_tps": (out_tokens + sum(r.prompt_tokens for r in ok)) / duration_s,
+        "goodput_rps": len(good) / duration_s,
+        "slo": {"ttft_s": args.slo_ttft, "tpot_s": args.slo_tpot},
+        "ttft_s": percentiles([r.ttft_s for r in ok]),
+        "tpot_s": percentiles(tpots),
+        "itl_s": percentiles([x for r in ok for x in r.itl_s]),
+        "e2e_s": percentiles([r.e2e_s for r in ok]),
+    }
+
+
+def print_summary(s: dict) -> None:
+    print(f"\n== {s['model']} at {s['server']} ({s['endpoint']}), client {s['client_host']['platform']}, "
+          f"{s['client_host']['cpus']} CPUs ==")
+    print(f"{s['completed']} ok / {s['failed']} failed in {s['duration_s']:.2f} s"
+          + (f"; errors: {s['errors']}" if s["errors"] else ""))
+    print(f"mean input tokens        {s['mean_input_tokens']:.1f}")
+    print(f"request throughput       {s['request_throughput_rps']:.3f} req/s")
+    print(f"output throughput        {s['output_throughput_tps']:.1f} tok/s")
+    print(f"goodput (TTFT<={s['slo']['ttft_s']}s, TPOT<={s['slo']['tpot_s']}s)  {s['goodput_rps']:.3f} req/s")
+    print(f"{'':10}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}   (ms)")
+    for key in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
+        row = s[key]
+        print(f"{key[:-2].upper():10}" + "".join(f"{row[c] * 1000:10.1f}" for c in ("mean", "p50", "p90", "p99")))
+
+
+def plot(results: list[Result], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed; skipping the latency plot")
+        return
+    ok = [r for r in results if r.ok]
+    series = {"TTFT (s)": [r.ttft_s for r in ok], "TPOT (s)": [r.tpot_s for r in ok if r.tpot_s is not None],
+              "ITL (s)": [x for r in ok for x in r.itl_s], "E2E latency (s)": [r.e2e_s for r in ok]}
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (name, values) in zip(axes.flat, series.items()):
+        ax.hist(values, bins=40)
+        ax.set_title(name)
+        ax.set_ylabel("count")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--base-url", default="http://127.0.0.1:8000")
+    p.add_argument("--model", help="default: the first model of /v1/models")
+    p.add_argument("--api-key", default=os.environ.get("JAXSERVE_API_KEY"))
+    p.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--concurrency", type=int, help="closed loop: this many requests in flight")
+    p.add_argument("--request-rate", type=float, help="Poisson arrivals per second (inf: all at once)")
+    p.add_argument("--max-concurrency", type=int, help="cap on in-flight requests with --request-rate")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--no-ignore-eos", action="store_true", help="let the model stop before --output-len")
+    p.add_argument("--slo-ttft", type=float, default=1.0, help="seconds")
+    p.add_argument("--slo-tpot", type=float, default=0.1, help="seconds per output token")
+    p.add_argument("--warmup-requests", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench_results/serving.json"))
+    p.add_argument("--plot", type=Path, default=Path("bench_results/serving.png"))
+    args = p.parse_args(argv)
+    if args.concurrency is None and args.request_rate is None:
+        args.concurrency = 8
+    if args.concurrency is not None and args.request_rate is not None:
+        p.error("give --concurrency or --request-rate, not both")
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.base_url, headers=headers, timeout=60) as client:
+        model = args.model or client.get("/v1/models").raise_for_status().json()["data"][0]["id"]
+        counter = TokenCounter(client, model)
+        print(f"model {model}; counting tokens with: {counter.kind}")
+        prompts = build_prompts(stdlib_words(), counter, args.num_prompts, args.input_len,
+                                random.Random(args.seed))
+    results, duration_s = asyncio.run(run_load(args, model, prompts))
+    summary = summarize(args, model, results, duration_s)
+    print_summary(summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary | {"requests": [asdict(r) | {"tpot_s": r.tpot_s} for r in results]},
+                                   indent=1))
+    print(f"wrote {args.out}")
+    plot(results, args.plot)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
