@@ -1,0 +1,35 @@
+"""Prefix caching: shared prompt pages are reused and change nothing in the output."""
+from __future__ import annotations
+
+import pytest
+
+from jaxserve import SamplingParams
+
+from .conftest import make_llm
+from .prompts import PROMPTS
+
+pytestmark = pytest.mark.slow
+
+
+def test_shared_prefix_reuses_pages_and_output(smollm):
+    prefix = " ".join(PROMPTS) + " " + " ".join(PROMPTS)
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    fresh = make_llm(cache__enable_prefix_caching=False)
+    want = fresh.generate([prefix + " Summary:"], params, use_tqdm=False)[0].token_ids
+
+    engine = smollm.engine
+    smollm.generate([prefix + " Question:"], params, use_tqdm=False)
+    hits_before = engine.stats().prefix_cache_hits
+    got = smollm.generate([prefix + " Summary:"], params, use_tqdm=False)[0].token_ids
+    hits = engine.stats().prefix_cache_hits - hits_before
+    shared_pages = len(smollm.tokenizer.encode(prefix)) // engine.config.cache.page_size
+    assert hits >= shared_pages - 1 > 0
+    assert got == want
+
+
+def test_pages_are_freed_and_ref_counts_return(tiny):
+    alloc = tiny.engine.scheduler.allocator
+    tiny.generate(["a b c d e f g h i j k l m n o p q r s t u v w x y z"] * 3,
+                  SamplingParams(max_tokens=5), use_tqdm=False)
+    assert alloc.num_used == 0
+    assert all(alloc.ref_count(p) == 0 for p in range(alloc.num_pages))

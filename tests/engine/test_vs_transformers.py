@@ -1,0 +1,65 @@
+"""Numerics against Hugging Face transformers on the same GGUF file (float32)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxserve import SamplingParams
+from jaxserve.model.attention import ModelBatch
+
+from .prompts import PROMPTS
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow
+NEW_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def hf_model(gguf_path):
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    model.eval()
+    # Our side runs with ignore_eos; let transformers run past EOS too (no EOS suppression either).
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def _prefill_logits(llm, ids: list[int]) -> np.ndarray:
+    """Logits at every prompt position from our model, via one prefill with all rows selected."""
+    T = len(ids)
+    S = llm.engine.config.cache.page_size
+    pages = -(-T // S)
+    table = np.arange(1, pages + 1, dtype=np.int32)[None, :]        # pages 1.. (0 is padding)
+    pos = np.arange(T, dtype=np.int32)
+    batch = ModelBatch(
+        tokens=np.asarray(ids, np.int32), positions=pos, slots=(table[0][pos // S] * S + pos % S),
+        block_tables=np.pad(table, ((0, 0), (0, 8 - pages))), kv_lens=np.array([T], np.int32),
+        cu_q_lens=np.array([0, T], np.int32), logits_indices=pos, mode="prefill", max_q_len=T)
+    return llm.engine.runner.logits(batch)
+
+
+def test_prompt_logits_match(smollm, hf_model):
+    worst = 0.0
+    for prompt in PROMPTS:
+        ids = smollm.tokenizer.encode(prompt)
+        ours = _prefill_logits(smollm, ids)
+        with torch.no_grad():
+            ref = hf_model(torch.tensor([ids])).logits[0].numpy()
+        diff = float(np.abs(ours - ref).max())
+        worst = max(worst, diff)
+        assert (ours.argmax(-1) == ref.argmax(-1)).all(), prompt
+    print(f"\nmax |logit - transformers logit| over {len(PROMPTS)} prompts: {worst:.2e}")
+    assert worst < 2e-3
+
+
+def test_greedy_matches_transformers_token_for_token(smollm, hf_model):
+    outs = smollm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True))
+    for prompt, out in zip(PROMPTS, outs):
+        ids = smollm.tokenizer.encode(prompt)
+        with torch.no_grad():
+            ref = hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                    max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+        ref_new = ref[0, len(ids):].tolist()
+        assert out.token_ids == ref_new, f"prompt {prompt!r}"
