@@ -93,7 +93,8 @@ def bench_decode(shape: dict, impls: dict, iters: int, sweep: bool) -> dict:
     configs = [{}]
     if sweep:
         configs += [dict(block_kv=b, num_warps=w, num_stages=s)
-                    for b, w, s in itertools.product([32, 64, 128], [4, 8], [2, 3, 4])]
+                    for b, w, s in itertools.product([32, 64, 128], [4, 8], [2, 4])]
+        configs += [dict(num_splits=n) for n in (1, 2, 4, 8)]
     for cfg in configs:
         fn = jax.jit(lambda *a, cfg=cfg: decode_triton.paged_decode_attention(*a, interpret=interpret, **cfg))
         record("triton" + ("" if not cfg else " " + json.dumps(cfg)), fn, *args)
@@ -151,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="tiny shapes (default on CPU)")
     parser.add_argument("--sweep", action="store_true", help="also try Triton block sizes")
+    parser.add_argument("--kernels", default="decode,prefill", help="comma-separated subset")
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--json", type=Path, default=Path("bench_results/kernels.json"))
     ns = parser.parse_args()
@@ -179,6 +181,8 @@ def main() -> None:
               "jax": jax.__version__, "python": platform.python_version(),
               "interpret": impls["interpret"], "decode": [], "prefill": []}
     # The block-size sweep runs on the first (headline) shape of each kernel only.
+    decode_shapes = decode_shapes if "decode" in ns.kernels else []
+    prefill_shapes = prefill_shapes if "prefill" in ns.kernels else []
     for i, shape in enumerate(decode_shapes):
         res = bench_decode(shape, impls, iters, ns.sweep and i == 0)
         report["decode"].append({"shape": shape, "results": res})

@@ -19,7 +19,7 @@ class DecodeBlockSizes:
 # (head_dim, kv dtype name) -> sizes; anything missing gets DecodeBlockSizes().
 TRITON = {
     (64, "bfloat16"): DecodeBlockSizes(block_kv=128, num_warps=4, num_stages=2),
-    (128, "bfloat16"): DecodeBlockSizes(block_kv=64, num_warps=4, num_stages=2),
+    (128, "bfloat16"): DecodeBlockSizes(block_kv=128, num_warps=8, num_stages=4),
     (64, "float32"): DecodeBlockSizes(block_kv=64, num_warps=4, num_stages=2),
     (128, "float32"): DecodeBlockSizes(block_kv=32, num_warps=4, num_stages=2),
     (64, "int8"): DecodeBlockSizes(block_kv=128, num_warps=4, num_stages=2),

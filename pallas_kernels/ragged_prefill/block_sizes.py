@@ -20,7 +20,7 @@ class PrefillBlockSizes:
 # (head_dim, kv dtype name) -> sizes; anything missing gets PrefillBlockSizes().
 TRITON = {
     (64, "bfloat16"): PrefillBlockSizes(block_q=128, block_kv=64, num_warps=4, num_stages=3),
-    (128, "bfloat16"): PrefillBlockSizes(block_q=128, block_kv=64, num_warps=8, num_stages=3),
+    (128, "bfloat16"): PrefillBlockSizes(block_q=128, block_kv=64, num_warps=4, num_stages=2),
     (64, "float32"): PrefillBlockSizes(block_q=64, block_kv=32, num_warps=4, num_stages=2),
     (128, "float32"): PrefillBlockSizes(block_q=64, block_kv=32, num_warps=4, num_stages=2),
     (64, "int8"): PrefillBlockSizes(block_q=128, block_kv=64, num_warps=4, num_stages=3),

@@ -1,10 +1,15 @@
 """Backend modes for the kernel tests: interpreted ones run anywhere, compiled ones need hardware."""
+import jax
 import pytest
+
+_BACKEND = jax.default_backend()
 
 # (impl, interpret): one test body runs the kernel compiled and interpreted.
 KERNEL_MODES = [
     pytest.param("triton", True, id="triton-interpret"),
-    pytest.param("triton", False, id="triton", marks=pytest.mark.gpu),
+    pytest.param("triton", False, id="triton", marks=[
+        pytest.mark.gpu, pytest.mark.skipif(_BACKEND != "gpu", reason="needs a GPU")]),
     pytest.param("mosaic", True, id="mosaic-interpret"),
-    pytest.param("mosaic", False, id="mosaic", marks=pytest.mark.tpu),
+    pytest.param("mosaic", False, id="mosaic", marks=[
+        pytest.mark.tpu, pytest.mark.skipif(_BACKEND != "tpu", reason="needs a TPU")]),
 ]

@@ -79,12 +79,12 @@ def test_dispatch_auto_on_cpu_is_reference_and_forced_gpu_raises():
 def test_public_functions_jit_with_traced_arrays():
     import pallas_kernels as pk
     rng = np.random.default_rng(2)
-    pool = make_pool(rng, [5, 3], num_kv_heads=1, head_dim=8, page_size=4, max_pages=2, dtype="float32")
-    q = jnp.asarray(rng.standard_normal((2, 2, 8)), jnp.float32)
+    pool = make_pool(rng, [5, 3], num_kv_heads=1, head_dim=16, page_size=4, max_pages=2, dtype="float32")
+    q = jnp.asarray(rng.standard_normal((2, 2, 16)), jnp.float32)
     out = jax.jit(pk.paged_decode_attention)(q, pool.k_pages, pool.v_pages, pool.block_tables,
                                               jnp.array([5, 3], jnp.int32))
-    assert out.shape == (2, 2, 8) and np.isfinite(np.asarray(out)).all()
+    assert out.shape == (2, 2, 16) and np.isfinite(np.asarray(out)).all()
     cu = jnp.array([0, 2, 3], jnp.int32)
     out = jax.jit(pk.ragged_prefill_attention, static_argnames="max_q_len")(
         q, pool.k_pages, pool.v_pages, pool.block_tables, cu, jnp.array([5, 3], jnp.int32), max_q_len=2)
-    assert out.shape == (2, 2, 8) and np.isfinite(np.asarray(out)).all()
+    assert out.shape == (2, 2, 16) and np.isfinite(np.asarray(out)).all()
