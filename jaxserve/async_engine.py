@@ -176,6 +176,9 @@ class AsyncEngine:
         if not self._ready.is_set():
             raise EngineNotReadyError("engine is warming up")
         params.validate()
+        max_num_seqs = self.config.scheduler.max_num_seqs
+        if params.n > max_num_seqs:  # its n sequences could never run together
+            raise ValueError(f"n must be <= scheduler.max_num_seqs ({max_num_seqs}), got {params.n}")
         if not prompt_token_ids:
             raise ValueError("prompt must not be empty, got 0 tokens")
         if len(prompt_token_ids) >= self.max_model_len:

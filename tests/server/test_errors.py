@@ -18,6 +18,7 @@ CASES = [
     ("/v1/completions", {"prompt": "x", "temperature": -1, "stream": True}, 400, "temperature", None),
     ("/v1/completions", {"prompt": "x", "top_p": 0}, 400, "top_p", None),
     ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n", None),
+    ("/v1/completions", {"prompt": "x", "n": 1000}, 400, "n", None),
     ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens", None),
     ("/v1/completions", {"prompt": "x", "max_tokens": 100000}, 400, "max_tokens", None),
     ("/v1/completions", {"prompt": "x", "logprobs": 50}, 400, "logprobs", None),
