@@ -147,3 +147,15 @@ def test_64_concurrent_streams(server):
     assert len(results) == 64
     assert all(n == 8 and reason == "length" for _, n, reason in results)
     assert all(text for text, _, _ in results)
+
+
+def test_sampling_extras_accepted(server, client):
+    r = client.completions.create(
+        model=server.model, prompt=PROMPT, max_tokens=5, temperature=0.7, top_p=0.9, seed=1,
+        presence_penalty=0.5, frequency_penalty=0.3,
+        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "ignore_eos": True,
+                    "stop_token_ids": [257]})  # the fake BOS: never sampled there
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+    chat = client.chat.completions.create(model=server.model, messages=CHAT, max_completion_tokens=4,
+                                          temperature=0.5, extra_body={"top_k": 5, "ignore_eos": True})
+    assert chat.usage.completion_tokens == 4

@@ -106,7 +106,7 @@ def test_sigterm_drains_in_flight_requests():
         assert json.loads(events[-2])["usage"]["completion_tokens"] == 60
         client.close()
         deadline = time.monotonic() + 10
-        while not live.engine.healthy is False:
+        while live.engine.healthy:
             assert time.monotonic() < deadline, "engine thread did not stop"
             time.sleep(0.05)
         with pytest.raises(httpx.ConnectError):
