@@ -75,6 +75,26 @@ class KernelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SpeculativeConfig:
+    method: str = "none"            # none | ngram (prompt lookup) | draft (a smaller model)
+    num_speculative_tokens: int = 4  # k: most tokens proposed per step
+    ngram_max: int = 4              # longest suffix n-gram looked up in the request's own tokens
+    ngram_min: int = 2              # shortest one worth trusting
+    draft_source: str | None = None  # method=draft: model.source of the draft (same tokenizer)
+    draft_dtype: str = "float32"
+
+    def validate(self) -> None:
+        _check(self.method in ("none", "ngram", "draft"), "speculative.method", "must be none, ngram or draft",
+               self.method)
+        _check(1 <= self.num_speculative_tokens <= 16, "speculative.num_speculative_tokens",
+               "must be in 1..16", self.num_speculative_tokens)
+        _check(1 <= self.ngram_min <= self.ngram_max, "speculative.ngram_min",
+               "must be in 1..ngram_max", self.ngram_min)
+        _check(self.method != "draft" or bool(self.draft_source), "speculative.draft_source",
+               "must be set when method is draft", self.draft_source)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -91,6 +111,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     seed: int = 0                  # base of the random stream of requests that give no seed
 

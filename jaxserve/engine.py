@@ -22,7 +22,9 @@ from jaxserve.runner import ModelRunner
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.scheduler import Scheduler
 from jaxserve.sequence import Sequence
-from jaxserve.step_inputs import Shapes, build_decode, build_prefill, build_sampling
+from jaxserve.spec.verify import accepted_tokens
+from jaxserve.step_inputs import (Shapes, build_decode, build_prefill, build_sampling, build_verify,
+                                  verify_rows)
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import warmup_runner
 
@@ -51,6 +53,9 @@ class Engine:
         self.runner = ModelRunner(arch, params, cache.num_pages, cache.page_size,
                                   jnp.dtype(config.model.dtype),
                                   AttentionOptions(config.kernel.attention_impl, config.kernel.interpret))
+        self.proposer = self._make_proposer(config)
+        self.spec_proposed = 0
+        self.spec_accepted = 0
         self.requests: dict[str, list[Sequence]] = {}
         self._detok: dict[int, IncrementalDetokenizer] = {}
         self._next_seq_id = 0
@@ -63,6 +68,20 @@ class Engine:
         from jaxserve.loading import load_model
         arch, params, tokenizer, name = load_model(config)
         return cls(config, arch, params, tokenizer, name)
+
+    def _make_proposer(self, config: EngineConfig):
+        spec = config.speculative
+        if spec.method == "ngram":
+            from jaxserve.spec.ngram import NgramProposer
+            return NgramProposer(spec.ngram_max, spec.ngram_min)
+        if spec.method == "draft":
+            from jaxserve.loading import load_draft
+            from jaxserve.spec.draft import DraftModelProposer
+            arch, params = load_draft(config, self.arch.vocab_size)
+            runner = ModelRunner(arch, params, config.cache.num_pages, config.cache.page_size,
+                                 jnp.dtype(spec.draft_dtype), self.runner.opts)
+            return DraftModelProposer(runner, self.shapes)
+        return None
 
     # ------------------------------------------------------------------------------ requests
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -126,37 +145,99 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- step
     def step(self) -> list[SequenceDelta]:
-        plan = self.scheduler.schedule()
+        lookahead = self._spec_len if self.proposer else None
+        plan = self.scheduler.schedule(lookahead)
         deltas: list[SequenceDelta] = []
-        if plan.decodes:
-            batch = build_decode(plan.decodes, self.shapes)
-            result = self.runner.run(batch, build_sampling(plan.decodes, len(batch.kv_lens), self.shapes))
-            for i, seq in enumerate(plan.decodes):
+        plain, spec, drafts = plan.decodes, [], []
+        if self.proposer and any(plan.spec_lens):
+            proposals = self.proposer.propose(plan.decodes, plan.spec_lens)
+            plain = [s for s, d in zip(plan.decodes, proposals) if not d]
+            spec = [s for s, d in zip(plan.decodes, proposals) if d]
+            drafts = [d for d in proposals if d]
+        if plain:
+            batch = build_decode(plain, self.shapes)
+            result = self.runner.run(batch, build_sampling(plain, len(batch.kv_lens), self.shapes))
+            self._observe(batch)
+            for i, seq in enumerate(plain):
                 self.scheduler.advance(seq, seq.num_computed + 1)
                 deltas.append(self._append(seq, result, i))
+        if spec:
+            deltas += self._verify(spec, drafts)
         if plan.prefills:
             batch = build_prefill(plan.prefills, self.shapes)
             seqs = [c.seq for c in plan.prefills]
             result = self.runner.run(batch, build_sampling(seqs, len(batch.kv_lens), self.shapes))
+            self._observe(batch)
             for i, chunk in enumerate(plan.prefills):
                 self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
                 if chunk.completes_prompt:
                     deltas.append(self._append(chunk.seq, result, i))
         return deltas
 
+    def _observe(self, batch) -> None:
+        if self.proposer is not None:
+            self.proposer.observe(batch)
+
+    def _spec_len(self, seq: Sequence) -> int:
+        """Tokens to propose for seq this step (0: decode plainly)."""
+        p = seq.params
+        if (not p.use_speculation or p.logprobs is not None or p.repetition_penalty != 1.0
+                or p.presence_penalty or p.frequency_penalty):
+            return 0   # these need per-position logprobs or histories the verifier does not track
+        if seq.spec_skip > 0:
+            seq.spec_skip -= 1
+            return 0
+        room = min(p.max_tokens - len(seq.output_ids) - 1, self.max_model_len - seq.num_tokens)
+        k = min(self.config.speculative.num_speculative_tokens, room)
+        return self.proposer.lookahead(seq, k) if k > 0 else 0
+
+    def _verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[SequenceDelta]:
+        batch = build_verify(seqs, drafts, self.shapes)
+        rows = len(batch.tokens)
+        row_seqs, offsets, judged = verify_rows(seqs, drafts, rows)
+        arrays = build_sampling(row_seqs, rows, self.shapes, step_offsets=offsets)
+        result = self.runner.run_verify(batch, arrays, judged)
+        self._observe(batch)
+        deltas, row = [], 0
+        for seq, draft in zip(seqs, drafts):
+            n = len(draft) + 1
+            tokens = accepted_tokens(draft, result.accept[row:row + n], result.residual[row:row + n],
+                                     result.plain[row:row + n])
+            row += n
+            accepted = len(tokens) - 1
+            self.spec_proposed += len(draft)
+            self.spec_accepted += accepted
+            # Back off from sequences whose proposals keep failing, so they cost little.
+            seq.spec_misses = 0 if accepted else seq.spec_misses + 1
+            seq.spec_skip = 0 if accepted else min(1 << seq.spec_misses, 16)
+            start = seq.num_computed
+            for t in tokens:
+                deltas.append(self._append_token(seq, t, None))
+                if seq.finished:
+                    break
+            if not seq.finished:
+                self.scheduler.advance(seq, start + len(tokens))
+                self.scheduler.trim(seq)
+        return deltas
+
     def _append(self, seq: Sequence, result, row: int) -> SequenceDelta:
         token = int(result.tokens[row])
+        logprobs = None
+        if seq.params.logprobs is not None:
+            k = seq.params.logprobs
+            top = [(int(t), float(lp)) for t, lp in zip(result.top_ids[row][:k], result.top_logprobs[row][:k])]
+            logprobs = [TokenLogprob(token, float(result.logprobs[row]), top)]
+        return self._append_token(seq, token, logprobs)
+
+    def _append_token(self, seq: Sequence, token: int, logprobs: list[TokenLogprob] | None
+                      ) -> SequenceDelta:
         now = time.perf_counter()
         if seq.metrics.first_token_s is None:
             seq.metrics.first_token_s = now
         seq.metrics.token_times_s.append(now)
         seq.output_ids.append(token)
         self.generation_tokens_total += 1
-        logprobs = None
-        if seq.params.logprobs is not None:
-            k = seq.params.logprobs
-            top = [(int(t), float(lp)) for t, lp in zip(result.top_ids[row][:k], result.top_logprobs[row][:k])]
-            logprobs = [TokenLogprob(token, float(result.logprobs[row]), top)]
+        if logprobs:
             seq.output_logprobs.extend(logprobs)
 
         p = seq.params
@@ -219,7 +300,8 @@ class Engine:
             num_preemptions=self.scheduler.num_preemptions,
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
-            compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds)
+            compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds,
+            spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted)
 
     def warmup(self) -> None:
         warmup_runner(self.runner, self.shapes)

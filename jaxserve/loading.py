@@ -36,3 +36,18 @@ def load_model(config: EngineConfig) -> tuple[ModelArch, dict, Tokenizer, str]:
         name = source if source in KNOWN_MODELS else path.stem
     log.info("loaded %s in %.1f s: %s", source, time.perf_counter() - t0, arch)
     return arch, params, tokenizer, config.model.served_model_name or name
+
+
+def load_draft(config: EngineConfig, vocab_size: int) -> tuple[ModelArch, dict]:
+    """The speculative draft model's weights; it must share the target's vocabulary."""
+    spec = config.speculative
+    if spec.draft_source == TINY_RANDOM:
+        arch = tiny_arch(vocab_size=vocab_size)
+        return arch, init_random_params(arch, jax.random.key(config.seed + 1))
+    path = resolve_model_source(spec.draft_source)
+    ckpt_dir = Path(config.model.checkpoint_dir) if config.model.checkpoint_dir else cache_dir() / "params"
+    arch, params = load_checkpoint(path, spec.draft_dtype, ckpt_dir)
+    if arch.vocab_size != vocab_size:
+        raise ValueError(f"speculative.draft_source has vocabulary {arch.vocab_size}, "
+                         f"the target {vocab_size}: they must share the tokenizer")
+    return arch, params

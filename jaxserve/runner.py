@@ -19,6 +19,7 @@ from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch
 from jaxserve.model.llama import forward
 from jaxserve.sampling import SampleResult, SamplingArrays, sample
+from jaxserve.spec.verify import VerifyResult, verify
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,14 @@ class ModelRunner:
                            f"logprobs={arrays.num_logprobs}")
             return sample(logits, arrays)
 
+        def verify_step(logits, arrays: SamplingArrays, judged):
+            counter.traced(f"verifier R={logits.shape[0]} sample={arrays.do_sample} "
+                           f"filters={arrays.use_filters}")
+            return verify(logits, arrays, judged)
+
         self._model_step = jax.jit(model_step, donate_argnames=("kv",))
         self._sample_step = jax.jit(sample_step)
+        self._verify_step = jax.jit(verify_step)
 
     def run(self, batch: ModelBatch, arrays: SamplingArrays) -> SampleResult:
         """Run the model on one padded batch and sample; returns host numpy results."""
@@ -70,6 +77,20 @@ class ModelRunner:
         if self.compiles.count != before:
             self.compiles.seconds += time.perf_counter() - t0
         return result
+
+    def run_verify(self, batch: ModelBatch, arrays: SamplingArrays, judged: np.ndarray) -> VerifyResult:
+        """Model pass over pending + draft tokens, then verification of every row; host results."""
+        before = self.compiles.count
+        t0 = time.perf_counter()
+        logits, self.kv = self._model_step(self.params, self.kv, batch)
+        result = jax.device_get(self._verify_step(logits, arrays, judged))
+        if self.compiles.count != before:
+            self.compiles.seconds += time.perf_counter() - t0
+        return result
+
+    def forward_only(self, batch: ModelBatch) -> None:
+        """Write a batch's K/V without sampling (a draft model keeping its cache in step)."""
+        _, self.kv = self._model_step(self.params, self.kv, batch)
 
     def logits(self, batch: ModelBatch) -> np.ndarray:
         """The model's logits for a batch (tests and numerics checks)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from jaxserve.config import CacheConfig, SchedulerConfig
 from jaxserve.page_table import OutOfPages, PageAllocator, page_hash
@@ -35,6 +36,7 @@ class PrefillChunk:
 @dataclass
 class StepPlan:
     decodes: list[Sequence] = field(default_factory=list)
+    spec_lens: list[int] = field(default_factory=list)      # proposed tokens per decode (0: none)
     prefills: list[PrefillChunk] = field(default_factory=list)
 
     @property
@@ -43,7 +45,7 @@ class StepPlan:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.decodes) + sum(c.length for c in self.prefills)
+        return len(self.decodes) + sum(self.spec_lens) + sum(c.length for c in self.prefills)
 
 
 class Scheduler:
@@ -76,7 +78,8 @@ class Scheduler:
         return len(self.running) + len(self.waiting)
 
     # ------------------------------------------------------------------------------- planning
-    def schedule(self) -> StepPlan:
+    def schedule(self, lookahead: Callable[[Sequence], int] | None = None) -> StepPlan:
+        """Plan one step. lookahead(seq) says how many speculative tokens a decode will verify."""
         plan = StepPlan()
         budget = self.cfg.max_num_batched_tokens
         for seq in list(self.running):
@@ -84,10 +87,12 @@ class Scheduler:
                 break
             if seq.status is not SeqStatus.RUNNING or not seq.is_decoding:
                 continue
-            if not self._reserve(seq, seq.num_computed + 1, preempt=True):
+            k = min(lookahead(seq), budget - 1) if lookahead else 0
+            if not self._reserve(seq, seq.num_computed + 1 + k, preempt=True):
                 continue  # seq itself was preempted
             plan.decodes.append(seq)
-            budget -= 1
+            plan.spec_lens.append(k)
+            budget -= 1 + k
 
         for seq in list(self.running):
             if budget == 0 or len(plan.prefills) == self.max_prefill_seqs:
@@ -116,7 +121,7 @@ class Scheduler:
         if plan.empty and self.running:
             # Everything running is stuck on pages: free the newest and try again.
             self._preempt(self.running[-1])
-            return self.schedule() if self.running else plan
+            return self.schedule(lookahead) if self.running else plan
         return plan
 
     def _plan_chunk(self, seq: Sequence, budget: int) -> PrefillChunk | None:
@@ -169,6 +174,13 @@ class Scheduler:
             i = len(seq.page_keys)
             parent = seq.page_keys[-1] if seq.page_keys else None
             seq.page_keys.append(page_hash(parent, ids[i * S:(i + 1) * S]))
+
+    def trim(self, seq: Sequence) -> None:
+        """Release pages past the sequence's tokens (speculative slots that were rejected)."""
+        keep = -(-seq.num_tokens // self.page_size)
+        if len(seq.pages) > keep:
+            self.allocator.release(seq.pages[keep:])
+            del seq.pages[keep:]
 
     # -------------------------------------------------------------------------------- results
     def advance(self, seq: Sequence, num_computed: int) -> None:

@@ -33,7 +33,9 @@ class Sequence:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     text: str = ""                      # detokenized output so far (stop strings trimmed)
-    held_text: str = ""                 # decoded but not yet emitted: may begin a stop string
+    held_text: str = ""
+    spec_misses: int = 0                # consecutive fully rejected proposals
+    spec_skip: int = 0                  # decode steps left before proposing again                 # decoded but not yet emitted: may begin a stop string
 
     @property
     def all_ids(self) -> list[int]:

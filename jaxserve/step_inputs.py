@@ -51,59 +51,102 @@ def _block_table(seqs_pages: list[list[int]], rows: int, width: int) -> np.ndarr
 
 
 def build_decode(seqs: list[Sequence], shapes: Shapes) -> ModelBatch:
+    """Each sequence's pending token (its last), one row per sequence."""
+    return build_decode_at(seqs, [s.all_ids[s.num_computed] for s in seqs],
+                           [s.num_computed for s in seqs], shapes)
+
+
+def build_decode_at(seqs: list[Sequence], tokens: list[int], positions: list[int],
+                    shapes: Shapes) -> ModelBatch:
+    """One given token per sequence at a given position (a draft model runs ahead this way)."""
     S = shapes.page_size
     B = bucket(len(seqs), shapes.decode_buckets)
     M = shapes.table_width(max(len(s.pages) for s in seqs))
-    tokens = np.zeros(B, np.int32)
-    positions = np.zeros(B, np.int32)
+    tok = np.zeros(B, np.int32)
+    pos = np.zeros(B, np.int32)
     slots = np.zeros(B, np.int32)
     kv_lens = np.zeros(B, np.int32)
-    for i, s in enumerate(seqs):
-        pos = s.num_computed
-        tokens[i] = s.all_ids[pos]
-        positions[i] = pos
-        slots[i] = s.pages[pos // S] * S + pos % S
-        kv_lens[i] = pos + 1
+    for i, (s, t, p) in enumerate(zip(seqs, tokens, positions)):
+        tok[i], pos[i] = t, p
+        slots[i] = s.pages[p // S] * S + p % S
+        kv_lens[i] = p + 1
     return ModelBatch(
-        tokens=tokens, positions=positions, slots=slots,
+        tokens=tok, positions=pos, slots=slots,
         block_tables=_block_table([s.pages for s in seqs], B, M), kv_lens=kv_lens,
         cu_q_lens=np.arange(B + 1, dtype=np.int32), logits_indices=np.arange(B, dtype=np.int32),
         mode="decode", max_q_len=1)
 
 
-def build_prefill(chunks: list[PrefillChunk], shapes: Shapes) -> ModelBatch:
+def _pack(items: list[tuple[Sequence, int, list[int]]], shapes: Shapes, T: int, N: int,
+          all_logits: bool, max_q_len: int) -> ModelBatch:
+    """Pack (seq, first position, tokens) chunks into one ragged prefill-mode batch."""
     S = shapes.page_size
-    total = sum(c.length for c in chunks)
-    T = bucket(total, shapes.prefill_buckets)
-    N = min(pow2_at_least(len(chunks)), shapes.max_prefill_seqs)
-    M = shapes.table_width(max(len(c.seq.pages) for c in chunks))
+    M = shapes.table_width(max(len(seq.pages) for seq, _, _ in items))
     tokens = np.zeros(T, np.int32)
     positions = np.zeros(T, np.int32)
     slots = np.zeros(T, np.int32)
     kv_lens = np.zeros(N, np.int32)
+    total = sum(len(ids) for _, _, ids in items)
     cu = np.full(N + 1, total, np.int32)
     cu[0] = 0
-    logits_indices = np.zeros(N, np.int32)
+    last_rows = np.zeros(N, np.int32)
     offset = 0
-    for i, c in enumerate(chunks):
-        ids = c.seq.all_ids
-        pos = np.arange(c.start, c.start + c.length)
-        pages = np.asarray(c.seq.pages, np.int32)
-        tokens[offset:offset + c.length] = ids[c.start:c.start + c.length]
-        positions[offset:offset + c.length] = pos
-        slots[offset:offset + c.length] = pages[pos // S] * S + pos % S
-        offset += c.length
+    for i, (seq, start, ids) in enumerate(items):
+        n = len(ids)
+        pos = np.arange(start, start + n)
+        pages = np.asarray(seq.pages, np.int32)
+        tokens[offset:offset + n] = ids
+        positions[offset:offset + n] = pos
+        slots[offset:offset + n] = pages[pos // S] * S + pos % S
+        offset += n
         cu[i + 1] = offset
-        kv_lens[i] = c.start + c.length
-        logits_indices[i] = offset - 1
+        kv_lens[i] = start + n
+        last_rows[i] = offset - 1
     return ModelBatch(
         tokens=tokens, positions=positions, slots=slots,
-        block_tables=_block_table([c.seq.pages for c in chunks], N, M), kv_lens=kv_lens,
-        cu_q_lens=cu, logits_indices=logits_indices, mode="prefill", max_q_len=T)
+        block_tables=_block_table([seq.pages for seq, _, _ in items], N, M), kv_lens=kv_lens,
+        cu_q_lens=cu, logits_indices=np.arange(T, dtype=np.int32) if all_logits else last_rows,
+        mode="prefill", max_q_len=max_q_len)
 
 
-def build_sampling(seqs: list[Sequence], rows: int, shapes: Shapes) -> SamplingArrays:
-    """Per-row sampling parameters for `rows` padded rows; seqs fill the first len(seqs)."""
+def build_prefill(chunks: list[PrefillChunk], shapes: Shapes) -> ModelBatch:
+    """Prompt chunks; logits only at each chunk's last token."""
+    T = bucket(sum(c.length for c in chunks), shapes.prefill_buckets)
+    N = min(pow2_at_least(len(chunks)), shapes.max_prefill_seqs)
+    items = [(c.seq, c.start, c.seq.all_ids[c.start:c.start + c.length]) for c in chunks]
+    return _pack(items, shapes, T, N, all_logits=False, max_q_len=T)
+
+
+def build_verify(seqs: list[Sequence], drafts: list[list[int]], shapes: Shapes) -> ModelBatch:
+    """Each sequence's pending token followed by its draft; logits at every token (row = token)."""
+    T = bucket(sum(1 + len(d) for d in drafts), shapes.prefill_buckets)
+    N = pow2_at_least(len(seqs))
+    items = [(s, s.num_computed, [s.all_ids[s.num_computed]] + d) for s, d in zip(seqs, drafts)]
+    # A small static query bound keeps the reference's [N, max_q_len, context] scores small.
+    max_q = pow2_at_least(max(1 + len(d) for d in drafts))
+    return _pack(items, shapes, T, N, all_logits=True, max_q_len=min(max_q, T))
+
+
+def verify_rows(seqs: list[Sequence], drafts: list[list[int]], rows: int
+                ) -> tuple[list[Sequence], list[int], np.ndarray]:
+    """Per token row of a verify batch: its sequence, its output index, the draft it judges."""
+    row_seqs, offsets = [], []
+    judged = np.full(rows, -1, np.int32)
+    for s, d in zip(seqs, drafts):
+        for j in range(len(d) + 1):
+            if j < len(d):
+                judged[len(row_seqs)] = d[j]
+            row_seqs.append(s)
+            offsets.append(j)
+    return row_seqs, offsets, judged
+
+
+def build_sampling(seqs: list[Sequence], rows: int, shapes: Shapes,
+                   step_offsets: list[int] | None = None) -> SamplingArrays:
+    """Per-row sampling parameters for `rows` padded rows; seqs fill the first len(seqs).
+
+    step_offsets[i] is added to row i's output index (speculative rows lie ahead of the output).
+    """
     f32 = lambda v: np.full(rows, v, np.float32)
     temperature, top_p, min_p = f32(0.0), f32(1.0), f32(0.0)
     rep, pres, freq = f32(1.0), f32(0.0), f32(0.0)
@@ -117,7 +160,7 @@ def build_sampling(seqs: list[Sequence], rows: int, shapes: Shapes) -> SamplingA
         top_k[i] = max(p.top_k, 0)
         rep[i], pres[i], freq[i] = p.repetition_penalty, p.presence_penalty, p.frequency_penalty
         seeds[i] = s.seed & 0xFFFFFFFF
-        steps[i] = len(s.output_ids)
+        steps[i] = len(s.output_ids) + (step_offsets[i] if step_offsets else 0)
         if p.logprobs is not None:
             num_logprobs = max(num_logprobs, p.logprobs)
     use_penalties = bool(np.any(rep != 1.0) or np.any(pres != 0.0) or np.any(freq != 0.0))

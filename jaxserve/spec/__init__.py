@@ -1,0 +1,1 @@
+"""Speculative decoding: proposers guess k tokens, the target checks them in one pass."""

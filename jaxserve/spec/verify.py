@@ -1,0 +1,75 @@
+"""Verification of proposed tokens on device: exact for greedy, modified rejection sampling otherwise.
+
+Row j of a sequence holds the target's logits after its j-th input token and is judged against
+the draft token d_{j+1} that follows it (-1 where none). For each row the device returns:
+  plain    the token the non-speculative sampler would draw there (same key: fold_in(seed, step)),
+  accept   whether d_{j+1} stands,
+  residual the replacement if it does not.
+Proposers here give one token, not a distribution (q = a point mass), so d is accepted with
+probability p(d) and a rejection draws from p with d removed, renormalised: the emitted token
+has exactly the target's distribution p. Greedy rows accept iff d == argmax and replace with
+the argmax, which is what plain decoding emits.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from jaxserve.sampling import SamplingArrays, _MASKED, apply_filters, apply_penalties
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["plain", "accept", "residual"], meta_fields=[])
+@dataclass
+class VerifyResult:
+    plain: jax.Array     # i32[R]
+    accept: jax.Array    # bool[R]
+    residual: jax.Array  # i32[R]
+
+
+def verify(logits: jax.Array, s: SamplingArrays, draft: jax.Array) -> VerifyResult:
+    """logits: f32[R, V]; s: per-row params with steps = output index of the row; draft: i32[R]."""
+    R, V = logits.shape
+    logits = logits.astype(jnp.float32)
+    processed = apply_penalties(logits, s) if s.use_penalties else logits
+    greedy_tok = jnp.argmax(processed, axis=-1).astype(jnp.int32)
+    has_draft = draft >= 0
+    d = jnp.where(has_draft, draft, 0)
+    if not s.do_sample:
+        accept = has_draft & (d == greedy_tok)
+        return VerifyResult(greedy_tok, accept, greedy_tok)
+    greedy = s.temperature <= 0
+    scaled = processed / jnp.where(greedy, 1.0, s.temperature)[:, None]
+    if s.use_filters:
+        scaled = apply_filters(scaled, s)
+
+    def keys(seed, step):
+        base = jax.random.fold_in(jax.random.key(seed), step)
+        return base, jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
+
+    k_plain, k_accept, k_resid = jax.vmap(keys)(s.seeds, s.steps)
+    gumbel = lambda ks: jax.vmap(lambda k: jax.random.gumbel(k, (V,)))(ks)
+    plain = jnp.argmax(scaled + gumbel(k_plain), axis=-1).astype(jnp.int32)
+    p_draft = jnp.take_along_axis(jax.nn.softmax(scaled, axis=-1), d[:, None], axis=-1)[:, 0]
+    u = jax.vmap(lambda k: jax.random.uniform(k))(k_accept)
+    without_d = jnp.where(jnp.arange(V)[None, :] == d[:, None], _MASKED, scaled)
+    residual = jnp.argmax(without_d + gumbel(k_resid), axis=-1).astype(jnp.int32)
+    accept = has_draft & jnp.where(greedy, d == greedy_tok, u < p_draft)
+    return VerifyResult(jnp.where(greedy, greedy_tok, plain), accept,
+                        jnp.where(greedy, greedy_tok, residual))
+
+
+def accepted_tokens(draft: list[int], accept, residual, plain) -> list[int]:
+    """Host side: the tokens one sequence emits from its rows (len(draft) + 1 rows)."""
+    out = []
+    for j, tok in enumerate(draft):
+        if accept[j]:
+            out.append(tok)
+        else:
+            out.append(int(residual[j]))
+            return out
+    out.append(int(plain[len(draft)]))
+    return out
