@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -62,9 +63,24 @@ def build_config(args: argparse.Namespace) -> EngineConfig:
     if getattr(args, "no_warmup", False):
         dotted["server.warmup"] = False
     try:
-        return load_config(args.config, overrides_from_dotted(dotted))
+        config = load_config(args.config, overrides_from_dotted(dotted))
     except ValueError as e:
         raise SystemExit(f"config error: {e}") from None
+    request_host_devices(config)
+    return config
+
+
+def request_host_devices(config: EngineConfig) -> None:
+    """Disaggregated meshes on CPU need that many host devices; XLA reads the flag when JAX starts.
+
+    Has no effect on GPU/TPU devices, and none if the user already chose a count.
+    """
+    if config.disagg.mode != "disaggregated":
+        return
+    count = max(config.disagg.prefill_devices + config.disagg.decode_devices) + 1
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def enable_compilation_cache(path: Path = DEFAULT_XLA_CACHE) -> None:

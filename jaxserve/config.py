@@ -95,6 +95,24 @@ class SpeculativeConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DisaggConfig:
+    mode: str = "colocated"               # colocated | disaggregated
+    prefill_devices: tuple[int, ...] = (0,)   # indices into jax.devices() for the prefill mesh
+    decode_devices: tuple[int, ...] = (0,)    # ... and for the decode mesh (may differ in size)
+
+    def validate(self) -> None:
+        _check(self.mode in ("colocated", "disaggregated"), "disagg.mode", "must be colocated or disaggregated",
+               self.mode)
+        if self.mode == "disaggregated":
+            _check(len(self.prefill_devices) > 0, "disagg.prefill_devices", "must not be empty",
+                   self.prefill_devices)
+            _check(len(self.decode_devices) > 0, "disagg.decode_devices", "must not be empty",
+                   self.decode_devices)
+            _check(not set(self.prefill_devices) & set(self.decode_devices), "disagg.decode_devices",
+                   "must not overlap prefill_devices", self.decode_devices)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -112,6 +130,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    disagg: DisaggConfig = field(default_factory=DisaggConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     seed: int = 0                  # base of the random stream of requests that give no seed
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import jax.numpy as jnp
 
@@ -37,7 +38,7 @@ class QueueFull(Exception):
 
 class Engine:
     def __init__(self, config: EngineConfig, arch: ModelArch, params, tokenizer: Tokenizer,
-                 model_name: str = "model"):
+                 model_name: str = "model", mesh=None):
         self.config = config
         self.arch = arch
         self.tokenizer = tokenizer
@@ -52,7 +53,11 @@ class Engine:
         self.scheduler = Scheduler(sched, cache, max_prefill_seqs)
         self.runner = ModelRunner(arch, params, cache.num_pages, cache.page_size,
                                   jnp.dtype(config.model.dtype),
-                                  AttentionOptions(config.kernel.attention_impl, config.kernel.interpret))
+                                  AttentionOptions(config.kernel.attention_impl, config.kernel.interpret),
+                                  mesh=mesh)
+        # Disaggregated prefill side: called with each sequence whose prompt is done and whose
+        # first token is out; the callee copies its pages away and must release them here.
+        self.handoff: Callable[[Sequence, IncrementalDetokenizer], None] | None = None
         self.proposer = self._make_proposer(config)
         self.spec_proposed = 0
         self.spec_accepted = 0
@@ -64,9 +69,13 @@ class Engine:
         self.generation_tokens_total = 0
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "Engine":
+    def from_config(cls, config: EngineConfig):
+        """An Engine, or a DisaggregatedEngine (same interface) when disagg.mode says so."""
         from jaxserve.loading import load_model
         arch, params, tokenizer, name = load_model(config)
+        if config.disagg.mode == "disaggregated":
+            from jaxserve.disagg.engine import DisaggregatedEngine
+            return DisaggregatedEngine(config, arch, params, tokenizer, name)
         return cls(config, arch, params, tokenizer, name)
 
     def _make_proposer(self, config: EngineConfig):
@@ -172,7 +181,32 @@ class Engine:
                 self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
                 if chunk.completes_prompt:
                     deltas.append(self._append(chunk.seq, result, i))
+                    if self.handoff is not None and not chunk.seq.finished:
+                        self._hand_off(chunk.seq)
         return deltas
+
+    # ------------------------------------------------------------------ disaggregated serving
+    def _hand_off(self, seq: Sequence) -> None:
+        self.scheduler.detach(seq)
+        seqs = self.requests.get(seq.request_id, [])
+        if seq in seqs:
+            seqs.remove(seq)
+        if not seqs:
+            self.requests.pop(seq.request_id, None)
+        self.handoff(seq, self._detok.pop(seq.seq_id))
+
+    def adopt(self, seq: Sequence, detokenizer: IncrementalDetokenizer) -> None:
+        """Continue a sequence prefilled elsewhere: seq.pages already hold its K/V in our pools."""
+        self.requests.setdefault(seq.request_id, []).append(seq)
+        self._detok[seq.seq_id] = detokenizer
+        self.scheduler.adopt(seq)
+
+    def adopt_for_recompute(self, seq: Sequence, detokenizer: IncrementalDetokenizer) -> None:
+        """Continue a sequence whose K/V could not be taken in: it is prefilled again here."""
+        seq.pages, seq.num_computed, seq.num_published = [], 0, 0
+        self.requests.setdefault(seq.request_id, []).append(seq)
+        self._detok[seq.seq_id] = detokenizer
+        self.scheduler.add(seq)
 
     def _observe(self, batch) -> None:
         if self.proposer is not None:

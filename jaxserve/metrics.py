@@ -71,6 +71,10 @@ class EngineStatsCollector(Collector):
                       s.spec_proposed_tokens)
         yield counter("spec_accepted_tokens", "Draft tokens accepted by speculative decoding.",
                       s.spec_accepted_tokens)
+        yield counter("kv_transfer_bytes", "KV cache bytes moved from prefill to decode (disaggregated).",
+                      s.kv_transfer_bytes)
+        yield counter("kv_transfers", "Requests whose KV pages moved from prefill to decode.",
+                      s.kv_transfers)
 
 
 class ServerMetrics:

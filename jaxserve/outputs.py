@@ -109,6 +109,8 @@ class EngineStats:
     compile_time_s: float = 0.0
     spec_proposed_tokens: int = 0
     spec_accepted_tokens: int = 0
+    kv_transfer_bytes: int = 0         # disaggregated: KV bytes moved prefill -> decode
+    kv_transfers: int = 0
 
     @property
     def kv_cache_usage(self) -> float:

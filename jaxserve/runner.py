@@ -40,10 +40,19 @@ class CompileCounter:
 
 class ModelRunner:
     def __init__(self, arch: ModelArch, params, num_pages: int, page_size: int, dtype,
-                 opts: AttentionOptions):
+                 opts: AttentionOptions, mesh=None):
+        """mesh: a jax.sharding.Mesh to shard params and pools over (tensor parallel); None: one device."""
         self.arch = arch
-        self.params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
-        self.kv = allocate_kv_pages(arch, num_pages, page_size, dtype)
+        self.mesh = mesh
+        params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), params)
+        if mesh is None:
+            self.params = jax.tree_util.tree_map(jnp.asarray, params)
+            self.kv = allocate_kv_pages(arch, num_pages, page_size, dtype)
+        else:
+            from jaxserve.sharding import kv_sharding, shard_params
+            self.params = shard_params(params, mesh)
+            self.kv = allocate_kv_pages(arch, num_pages, page_size, dtype,
+                                        sharding=kv_sharding(mesh, arch.num_kv_heads))
         self.opts = opts
         self.compiles = CompileCounter()
         counter = self.compiles

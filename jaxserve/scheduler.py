@@ -56,6 +56,7 @@ class Scheduler:
         self.max_prefill_seqs = max_prefill_seqs
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.adopted: deque[Sequence] = deque()   # arrived with their K/V (disaggregated decode side)
         self.num_preemptions = 0
 
     # ------------------------------------------------------------------ admission and removal
@@ -63,25 +64,39 @@ class Scheduler:
         seq.status = SeqStatus.WAITING
         self.waiting.append(seq)
 
+    def adopt(self, seq: Sequence) -> None:
+        """Take a sequence whose pages were filled elsewhere; it joins the batch when there is room."""
+        seq.status = SeqStatus.RUNNING
+        seq.num_published = 0
+        self.adopted.append(seq)
+
+    def detach(self, seq: Sequence) -> None:
+        """Hand a running sequence over to another engine; its pages stay with it for copying."""
+        self.running.remove(seq)
+
     def finish(self, seq: Sequence) -> None:
         """Drop a sequence wherever it is and release its pages (finished or aborted)."""
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        elif seq in self.adopted:
+            self.adopted.remove(seq)
         self.allocator.release(seq.pages)
         seq.pages = []
         seq.status = SeqStatus.FINISHED
 
     @property
     def num_unfinished(self) -> int:
-        return len(self.running) + len(self.waiting)
+        return len(self.running) + len(self.waiting) + len(self.adopted)
 
     # ------------------------------------------------------------------------------- planning
     def schedule(self, lookahead: Callable[[Sequence], int] | None = None) -> StepPlan:
         """Plan one step. lookahead(seq) says how many speculative tokens a decode will verify."""
         plan = StepPlan()
         budget = self.cfg.max_num_batched_tokens
+        while self.adopted and len(self.running) < self.cfg.max_num_seqs:
+            self.running.append(self.adopted.popleft())
         for seq in list(self.running):
             if budget == 0:
                 break
