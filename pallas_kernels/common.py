@@ -16,6 +16,10 @@ import jax.numpy as jnp
 # with jnp.where, because unused pages may hold NaN and 0 * NaN is NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
+# The Triton decode kernel computes its softmax in base 2 (exp2 is one instruction, exp a libdevice
+# call): logits are multiplied by log2(e) first, which leaves the normalized probabilities unchanged.
+LOG2E = math.log2(math.e)
+
 
 def default_scale(scale: float | None, head_dim: int) -> float:
     """1/sqrt(D) unless the caller gave a scale."""

@@ -83,18 +83,21 @@ def bench_decode(shape: dict, impls: dict, iters: int, sweep: bool) -> dict:
             t = time_s(fn, *fn_args, iters=iters)
         except Exception as e:  # a baseline that cannot run here is reported, not fatal
             results[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            _print_result(name, results[name])
             return
         gbps = kv_bytes / t / 1e9
         results[name] = {"us": t * 1e6, "GB/s": gbps,
                          "frac_peak": None if hbm_peak is None else gbps * 1e9 / hbm_peak}
+        _print_result(name, results[name])
 
     record("reference", jax.jit(decode_ref.paged_decode_attention), *args)
     interpret = impls["interpret"]
     configs = [{}]
     if sweep:
-        configs += [dict(block_kv=b, num_warps=w, num_stages=s)
-                    for b, w, s in itertools.product([32, 64, 128], [4, 8], [2, 4])]
-        configs += [dict(num_splits=n) for n in (1, 2, 4, 8)]
+        configs += [dict(block_kv=b, num_warps=w, num_stages=s, heads_fastest=f)
+                    for b, (w, s), f in itertools.product(
+                        [64, 128, 256], [(4, 2), (4, 3), (8, 2), (8, 4)], [False, True])]
+        configs += [dict(num_splits=2, heads_fastest=f) for f in (False, True)]
     for cfg in configs:
         fn = jax.jit(lambda *a, cfg=cfg: decode_triton.paged_decode_attention(*a, interpret=interpret, **cfg))
         record("triton" + ("" if not cfg else " " + json.dumps(cfg)), fn, *args)
@@ -121,17 +124,21 @@ def bench_prefill(shape: dict, impls: dict, iters: int, sweep: bool) -> dict:
             t = time_s(fn, *fn_args, iters=iters)
         except Exception as e:
             results[name] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            _print_result(name, results[name])
             return
         tflops = flops / t / 1e12
         results[name] = {"us": t * 1e6, "TFLOP/s": tflops,
                          "frac_peak": None if flop_peak is None else tflops * 1e12 / flop_peak}
+        _print_result(name, results[name])
 
     record("reference", jax.jit(lambda *a: prefill_ref.ragged_prefill_attention(*a, max_q_len=ql)), *args)
     interpret = impls["interpret"]
     configs = [{}]
     if sweep:
         configs += [dict(block_q=bq, block_kv=bk, num_warps=w, num_stages=s)
-                    for bq, bk, w, s in itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3])]
+                    for bq, bk, w, s in [(128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2),
+                                         (128, 128, 8, 2), (128, 128, 8, 3), (128, 32, 4, 3),
+                                         (64, 64, 4, 3), (64, 128, 4, 2)]]
     for cfg in configs:
         fn = jax.jit(lambda *a, cfg=cfg: prefill_triton.ragged_prefill_attention(
             *a, max_q_len=ql, interpret=interpret, **cfg))
@@ -146,6 +153,11 @@ def bench_prefill(shape: dict, impls: dict, iters: int, sweep: bool) -> dict:
             q_, k_, v_, None, sm_scale=1 / math.sqrt(shape["head_dim"]), causal=True))
         record("jax.pallas.ops.gpu.attention.mha (dense, kv repeated)", fn, qd, dense(k), dense(v))
     return results
+
+
+def _print_result(name: str, r: dict) -> None:
+    print(f"  {name:60s} " + ("  ".join(f"{k}={v:.3g}" for k, v in r.items() if v is not None)
+                              if "error" not in r else r["error"]), flush=True)
 
 
 def main() -> None:
@@ -183,22 +195,17 @@ def main() -> None:
     # The block-size sweep runs on the first (headline) shape of each kernel only.
     decode_shapes = decode_shapes if "decode" in ns.kernels else []
     prefill_shapes = prefill_shapes if "prefill" in ns.kernels else []
-    for i, shape in enumerate(decode_shapes):
-        res = bench_decode(shape, impls, iters, ns.sweep and i == 0)
-        report["decode"].append({"shape": shape, "results": res})
-        print(f"decode {shape}")
-        for name, r in res.items():
-            print(f"  {name:60s} " + ("  ".join(f"{k}={v:.3g}" for k, v in r.items() if v is not None)
-                                      if "error" not in r else r["error"]))
-    for i, shape in enumerate(prefill_shapes):
-        res = bench_prefill(shape, impls, iters, ns.sweep and i == 0)
-        report["prefill"].append({"shape": shape, "results": res})
-        print(f"prefill {shape}")
-        for name, r in res.items():
-            print(f"  {name:60s} " + ("  ".join(f"{k}={v:.3g}" for k, v in r.items() if v is not None)
-                                      if "error" not in r else r["error"]))
+    print(f"{report['device']}, jax {report['jax']}", flush=True)
     ns.json.parent.mkdir(parents=True, exist_ok=True)
-    ns.json.write_text(json.dumps(report, indent=1))
+    # Results are printed as they come and the JSON rewritten after each shape, so a run cut
+    # short still leaves what it measured.
+    for kind, shapes, bench in (("decode", decode_shapes, bench_decode),
+                                ("prefill", prefill_shapes, bench_prefill)):
+        for i, shape in enumerate(shapes):
+            print(f"{kind} {shape}", flush=True)
+            res = bench(shape, impls, iters, ns.sweep and i == 0)
+            report[kind].append({"shape": shape, "results": res})
+            ns.json.write_text(json.dumps(report, indent=1))
     print(f"wrote {ns.json}")
 
 

@@ -4,8 +4,9 @@ Takes the same arguments as reference.paged_decode_attention, plus `interpret`; 
 [B, H, D] output. One program per (sequence, kv head, split): it loads the group's G query heads
 as one [G, D] tile (padded to 16 rows, Triton's smallest dot), walks the sequence's pages in
 blocks of block_kv tokens, reading page ids from the block table and gathering the token rows,
-and keeps an online softmax in f32. Splits (split-K) spread long sequences of small batches over
-more programs; a few jnp ops merge them.
+and keeps an online softmax in f32 (base 2). Full blocks take a loop body with no masks; only a
+window's first block and the last block are masked. Splits (split-K) spread long sequences of
+small batches over more programs; a few jnp ops merge them.
 
 The pool is viewed as [P*S, K*D] (a free reshape, never a copy), so token t of page p, kv head h,
 is row p*S + t, columns h*D:(h+1)*D. Constraints (checked with ValueError):
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.common import MASK_VALUE, check_options, check_pages, default_scale
+from pallas_kernels.common import LOG2E, MASK_VALUE, check_options, check_pages, default_scale
 from pallas_kernels.paged_decode import block_sizes
 
 _MIN_DOT = 16   # Triton's tl.dot needs every dimension >= 16
@@ -37,12 +38,13 @@ def _decode_kernel(
     k_scale_ref,        # f32[P, K] or None
     v_scale_ref,        # f32[P, K] or None
     o_ref,              # [Gp, D] (f32 when split)
-    m_ref,              # f32[Gp] running max, or None when not split
+    m_ref,              # f32[Gp] running max (base 2), or None when not split
     l_ref,              # f32[Gp] running denominator, or None
-    *, page_size, block_kv, num_splits, scale, soft_cap, sliding_window, precision,
+    *, page_size, block_kv, num_splits, heads_fastest, scale, soft_cap, sliding_window, precision,
 ):
     """One (sequence, kv head, split): online softmax over its share of the blocks."""
-    b, h, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    b, h = (pl.program_id(1), pl.program_id(0)) if heads_fastest else (pl.program_id(0), pl.program_id(1))
+    split = pl.program_id(2)
     gp, head_dim = q_ref.shape
     length = lengths_ref[b]
     first = 0 if sliding_window is None else jnp.maximum(length - sliding_window, 0)
@@ -58,39 +60,61 @@ def _decode_kernel(
     cols = (h * head_dim + jnp.arange(head_dim, dtype=jnp.int32))[None, :]   # i32[1, D]
     offsets = jnp.arange(block_kv, dtype=jnp.int32)
 
-    def body(blk, carry):
+    def body(blk, carry, masked):
         acc, m, l = carry
         pos = blk * block_kv + offsets                                   # i32[block_kv]
-        valid = (pos < length) & (pos >= first)
         page = block_table_ref[pos // page_size]                         # i32[block_kv]
         rows = page * page_size + pos % page_size
-        # Masked loads read nothing past the sequence: unused slots may hold NaN.
-        k = plgpu.load(k_ref.at[rows[:, None], cols], mask=valid[:, None], other=0)
-        v = plgpu.load(v_ref.at[rows[:, None], cols], mask=valid[:, None], other=0)
+        # Masked loads read nothing outside [first, length): unused slots may hold NaN.
+        valid = ((pos < length) & (pos >= first)) if masked else None             # bool[block_kv]
+        k = _load(k_ref.at[rows[:, None], cols], None if valid is None else valid[:, None])
+        v = _load(v_ref.at[rows[:, None], cols], None if valid is None else valid[:, None])
         logits = plgpu.dot(q, k.astype(q.dtype), trans_b=True, precision=precision)  # f32[Gp, blk]
         if k_scale_ref is not None:
-            logits *= plgpu.load(k_scale_ref.at[page, h], mask=valid, other=0)[None, :]
-        logits *= scale
-        if soft_cap is not None:
-            logits = soft_cap * jnp.tanh(logits / soft_cap)
-        logits = jnp.where(valid[None, :], logits, MASK_VALUE)
+            logits *= _load(k_scale_ref.at[page, h], valid)[None, :]
+        logits = _scaled_log2(logits, scale, soft_cap)
+        if masked:
+            logits = jnp.where(valid[None, :], logits, MASK_VALUE)
         m_new = jnp.maximum(m, logits.max(axis=1))
-        p = jnp.where(valid[None, :], jnp.exp(logits - m_new[:, None]), 0.0)
-        alpha = jnp.exp(m - m_new)
+        p = jnp.exp2(logits - m_new[:, None])
+        if masked:
+            p = jnp.where(valid[None, :], p, 0.0)
+        alpha = jnp.exp2(m - m_new)
         l = alpha * l + p.sum(axis=1)
         if v_scale_ref is not None:
-            p *= plgpu.load(v_scale_ref.at[page, h], mask=valid, other=0)[None, :]
+            p *= _load(v_scale_ref.at[page, h], valid)[None, :]
         pv = plgpu.dot(p.astype(q.dtype), v.astype(q.dtype), precision=precision)
         return alpha[:, None] * acc + pv, m_new, l
 
-    init = (jnp.zeros((gp, head_dim), jnp.float32), jnp.full((gp,), MASK_VALUE, jnp.float32),
-            jnp.zeros((gp,), jnp.float32))
-    acc, m, l = jax.lax.fori_loop(lo, hi, body, init)
+    # Blocks wholly inside [first, length) need no masks; only a window's first block and the
+    # sequence's last block can be partial, so at most two of a split's blocks take the masked body.
+    full_lo = lo if sliding_window is None else jnp.clip(pl.cdiv(first, block_kv), lo, hi)
+    full_hi = jnp.clip(length // block_kv, full_lo, hi)
+    carry = (jnp.zeros((gp, head_dim), jnp.float32), jnp.full((gp,), MASK_VALUE, jnp.float32),
+             jnp.zeros((gp,), jnp.float32))
+    masked, unmasked = (functools.partial(body, masked=x) for x in (True, False))
+    if sliding_window is not None:
+        carry = jax.lax.fori_loop(lo, full_lo, masked, carry)
+    carry = jax.lax.fori_loop(full_lo, full_hi, unmasked, carry)
+    acc, m, l = jax.lax.fori_loop(full_hi, hi, masked, carry)
     safe_l = jnp.where(l > 0, l, 1.0)
     o_ref[...] = jnp.where(l[:, None] > 0, acc / safe_l[:, None], 0.0).astype(o_ref.dtype)
     if m_ref is not None:
         m_ref[...] = m
         l_ref[...] = l
+
+
+def _load(view, mask):
+    """A load, masked (zeros where mask is False) only when a mask is given."""
+    return plgpu.load(view) if mask is None else plgpu.load(view, mask=mask, other=0)
+
+
+def _scaled_log2(logits, scale: float, soft_cap: float | None):
+    """Scaled (and soft-capped) logits times log2(e), so the softmax can use exp2, which is one
+    hardware instruction where exp is a libdevice call."""
+    if soft_cap is None:
+        return logits * (scale * LOG2E)
+    return (soft_cap * LOG2E) * jnp.tanh(logits * (scale / soft_cap))
 
 
 def _check_triton(q, k_pages) -> None:
@@ -109,7 +133,8 @@ def _next_pow2(n: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "soft_cap", "sliding_window", "interpret",
-                                             "block_kv", "num_splits", "num_warps", "num_stages"))
+                                             "block_kv", "num_splits", "num_warps", "num_stages",
+                                             "heads_fastest"))
 def paged_decode_attention(
     q: jax.Array,             # [B, H, D]
     k_pages: jax.Array,       # [P, S, K, D]
@@ -127,10 +152,11 @@ def paged_decode_attention(
     num_splits: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    heads_fastest: bool | None = None,
 ) -> jax.Array:
     """Paged decode attention on GPU; arguments and result as in reference.paged_decode_attention.
 
-    block_kv, num_splits, num_warps, num_stages override block_sizes.py (for tuning).
+    block_kv, num_splits, num_warps, num_stages, heads_fastest override block_sizes.py (tuning).
     """
     check_pages(q, k_pages, v_pages, block_tables, k_scales, v_scales)
     check_options(soft_cap, sliding_window)
@@ -141,6 +167,7 @@ def paged_decode_attention(
     scale = default_scale(scale, head_dim)
     sizes = block_sizes.triton_block_sizes(head_dim, jnp.dtype(k_pages.dtype).name)
     block_kv = block_kv or sizes.block_kv
+    heads_fastest = sizes.heads_fastest if heads_fastest is None else heads_fastest
     max_blocks = pl.cdiv(block_tables.shape[1] * page_size, block_kv)
     if num_splits is None:
         num_splits = max(1, min(max_blocks, block_sizes.TARGET_PROGRAMS // (batch * num_kv_heads)))
@@ -157,27 +184,36 @@ def paged_decode_attention(
     k2 = k_pages.reshape(num_pages * page_size, num_kv_heads * head_dim)
     v2 = v_pages.reshape(num_pages * page_size, num_kv_heads * head_dim)
 
-    whole = lambda a: pl.BlockSpec(a.shape, lambda b, h, s: (0,) * a.ndim)
+    # Grid axis 0 is launched fastest. With kv heads there, programs running together read
+    # neighbouring 256-byte pieces of the same token rows instead of one head of many sequences.
+    if heads_fastest:
+        grid = (num_kv_heads, batch, num_splits)
+        at = lambda f: lambda h, b, s: f(b, h, s)
+    else:
+        grid = (batch, num_kv_heads, num_splits)
+        at = lambda f: f
+    whole = lambda a: pl.BlockSpec(a.shape, at(lambda b, h, s: (0,) * a.ndim))
     split = num_splits > 1
     out_dtype = jnp.float32 if split else q.dtype
     out_shape = [jax.ShapeDtypeStruct((num_splits, batch, num_kv_heads, gp, head_dim), out_dtype)]
-    out_specs = [pl.BlockSpec((None, None, None, gp, head_dim), lambda b, h, s: (s, b, h, 0, 0))]
+    out_specs = [pl.BlockSpec((None, None, None, gp, head_dim), at(lambda b, h, s: (s, b, h, 0, 0)))]
     if split:
         for _ in range(2):
             out_shape.append(jax.ShapeDtypeStruct((num_splits, batch, num_kv_heads, gp), jnp.float32))
-            out_specs.append(pl.BlockSpec((None, None, None, gp), lambda b, h, s: (s, b, h, 0)))
+            out_specs.append(pl.BlockSpec((None, None, None, gp), at(lambda b, h, s: (s, b, h, 0))))
     kernel = functools.partial(
-        _decode_kernel, page_size=page_size, block_kv=block_kv, num_splits=num_splits, scale=scale,
-        soft_cap=soft_cap, sliding_window=sliding_window, precision=precision)
+        _decode_kernel, page_size=page_size, block_kv=block_kv, num_splits=num_splits,
+        heads_fastest=heads_fastest, scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
+        precision=precision)
     if not split:
         kernel = functools.partial(lambda f, *refs: f(*refs, None, None), kernel)
     outs = pl.pallas_call(
         kernel,
-        grid=(batch, num_kv_heads, num_splits),
+        grid=grid,
         in_specs=[
             whole(lengths),
-            pl.BlockSpec((None, padded_pages), lambda b, h, s: (b, 0)),
-            pl.BlockSpec((None, None, gp, head_dim), lambda b, h, s: (b, h, 0, 0)),
+            pl.BlockSpec((None, padded_pages), at(lambda b, h, s: (b, 0))),
+            pl.BlockSpec((None, None, gp, head_dim), at(lambda b, h, s: (b, h, 0, 0))),
             whole(k2), whole(v2),
             None if k_scales is None else whole(k_scales),
             None if v_scales is None else whole(v_scales),
@@ -192,7 +228,7 @@ def paged_decode_attention(
 
     if split:
         out, m, l = outs
-        weight = l * jnp.exp(m - m.max(axis=0, keepdims=True))          # f32[splits, B, K, Gp]
+        weight = l * jnp.exp2(m - m.max(axis=0, keepdims=True))         # f32[splits, B, K, Gp]
         total = weight.sum(axis=0)
         out = (weight[..., None] * out).sum(axis=0) / jnp.where(total > 0, total, 1.0)[..., None]
     else:
