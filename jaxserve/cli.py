@@ -8,6 +8,13 @@ reaches any config field by its dotted name (`--set cache.num_pages=1024`). Both
 on JAX's persistent compilation cache (~/.cache/jaxserve/xla), so a restart skips most compiles.
 `serve` loads the model, starts HTTP at once (/health answers 503 while warming up), compiles
 every bucket, then logs the URL; SIGTERM stops new requests, drains those in flight, then exits.
+
+Disaggregated over processes (jaxserve/disagg/router.py tells the life of a request):
+
+    jaxserve serve --config C --role prefill --port 8101
+    jaxserve serve --config C --role decode --port 8201
+    jaxserve serve --config C --role router --port 8000 \
+        --prefill-url http://127.0.0.1:8101 --decode-url http://127.0.0.1:8201
 """
 from __future__ import annotations
 
@@ -124,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-warmup", action="store_true", help="report ready before compiling the buckets")
     serve.add_argument("--drain-timeout", type=float, default=60.0,
                        help="seconds SIGTERM waits for requests in flight")
+    serve.add_argument("--role", choices=["single", "prefill", "decode", "router"], default="single",
+                       help="single: the whole engine in this process (default); prefill/decode: one "
+                            "side of disaggregated serving; router: the OpenAI API over those workers")
+    serve.add_argument("--prefill-url", action="append", default=[], metavar="URL",
+                       help="router: a prefill worker's base URL (repeat for several)")
+    serve.add_argument("--decode-url", action="append", default=[], metavar="URL",
+                       help="router: a decode worker's base URL (repeat for several)")
+    serve.add_argument("--kv-ticket-timeout", type=float, default=30.0,
+                       help="prefill: seconds staged KV pages wait to be pulled; decode: longest pull")
 
     gen = sub.add_parser("generate", help="generate from prompts given on the command line")
     _config_flags(gen)
@@ -156,23 +172,64 @@ def _make_draining_server(async_engine: Any, config: Any):
 def serve(args: argparse.Namespace, start_time_s: float) -> None:
     import uvicorn
 
-    from jaxserve.async_engine import AsyncEngine
-    from jaxserve.server import create_app
-
     config = build_config(args)
-    if not args.no_compile_cache:
-        enable_compilation_cache()
-    from jaxserve.engine import Engine
-
-    t0 = time.monotonic()
-    engine = Engine.from_config(config)
-    logger.info("loaded %s in %.1f s", engine.model_name, time.monotonic() - t0)
-    async_engine = AsyncEngine(engine)
-    app = create_app(async_engine, config, start_time_s=start_time_s)
+    if args.role == "router":
+        async_engine, app = _router_app(args, config, start_time_s)
+    else:
+        if not args.no_compile_cache:
+            enable_compilation_cache()
+        async_engine, app = _engine_app(args, config, start_time_s)
     server = _make_draining_server(async_engine, uvicorn.Config(
         app, host=config.server.host, port=config.server.port, log_level=args.log_level,
         timeout_graceful_shutdown=int(args.drain_timeout)))
     server.run()
+
+
+def _engine_app(args: argparse.Namespace, config: EngineConfig, start_time_s: float) -> tuple[Any, Any]:
+    """The whole engine (role single), or one side of disaggregated serving (prefill, decode)."""
+    from jaxserve.async_engine import AsyncEngine
+    from jaxserve.engine import Engine
+
+    t0 = time.monotonic()
+    if args.role == "single":
+        from jaxserve.server import create_app
+
+        engine = Engine.from_config(config)
+        logger.info("loaded %s in %.1f s", engine.model_name, time.monotonic() - t0)
+        async_engine = AsyncEngine(engine)
+        return async_engine, create_app(async_engine, config, start_time_s=start_time_s)
+
+    from jaxserve.loading import load_model
+
+    arch, params, tokenizer, name = load_model(config)
+    engine = Engine(config, arch, params, tokenizer, name)   # a worker is one Engine, colocated
+    logger.info("loaded %s in %.1f s (%s worker)", name, time.monotonic() - t0, args.role)
+    host, port = config.server.host, config.server.port
+    if args.role == "prefill":
+        from jaxserve.disagg.prefill_worker import PrefillEngine, create_prefill_app
+        from jaxserve.disagg.remote_transfer import KVStager
+
+        stager = KVStager(host, args.kv_ticket_timeout, release_url=f"http://{host}:{port}/release")
+        worker = PrefillEngine(engine, stager)
+        async_engine = AsyncEngine(worker)
+        return async_engine, create_prefill_app(async_engine, worker, config.server.warmup)
+    from jaxserve.disagg.decode_worker import DecodeEngine, create_decode_app
+    from jaxserve.disagg.remote_transfer import KVPuller
+
+    worker = DecodeEngine(engine, KVPuller(engine.runner.kv.k.sharding, host))
+    async_engine = AsyncEngine(worker)
+    return async_engine, create_decode_app(async_engine, worker, config.server.warmup,
+                                           pull_timeout_s=args.kv_ticket_timeout)
+
+
+def _router_app(args: argparse.Namespace, config: EngineConfig, start_time_s: float) -> tuple[Any, Any]:
+    from jaxserve.disagg.router import RouterEngine, create_router_app, load_tokenizer
+
+    if not args.prefill_url or not args.decode_url:
+        raise SystemExit("--role router needs at least one --prefill-url and one --decode-url")
+    tokenizer, name = load_tokenizer(config)
+    router = RouterEngine(config, tokenizer, name, args.prefill_url, args.decode_url)
+    return router, create_router_app(router, config, start_time_s=start_time_s)
 
 
 def generate(args: argparse.Namespace) -> None:

@@ -208,6 +208,30 @@ class Engine:
         self._detok[seq.seq_id] = detokenizer
         self.scheduler.add(seq)
 
+    def import_sequence(self, request_id: str, index: int, prompt_ids: list[int], output_ids: list[int],
+                        params: SamplingParams, seed: int, pages: list[int] | None = None) -> Sequence:
+        """Continue a sequence begun in another process, whose output_ids were already emitted.
+
+        Its detokenizer and stop-string state are rebuilt by replaying output_ids, so the next
+        text delta continues the emitted text exactly. pages: our pool pages already holding the
+        K/V of all but its last token (adopted); None: prefill prompt + output here.
+        """
+        seq = Sequence(seq_id=self._next_seq_id, request_id=request_id, index=index,
+                       prompt_ids=list(prompt_ids), params=params, seed=seed & 0xFFFFFFFF,
+                       metrics=RequestMetrics(arrival_s=time.perf_counter()), output_ids=list(output_ids))
+        self._next_seq_id += 1
+        detok = IncrementalDetokenizer(self.tokenizer, prompt_ids,
+                                       skip_special_tokens=params.skip_special_tokens)
+        for token in output_ids:
+            self._apply_stop_strings(seq, detok.push([token]), final=False)
+        if pages is None:
+            self.prompt_tokens_total += len(prompt_ids)
+            self.adopt_for_recompute(seq, detok)
+        else:
+            seq.pages, seq.num_computed = list(pages), seq.num_tokens - 1
+            self.adopt(seq, detok)
+        return seq
+
     def _observe(self, batch) -> None:
         if self.proposer is not None:
             self.proposer.observe(batch)
