@@ -1,0 +1,91 @@
+"""Workers SIGKILLed under a router with two prefill and two decode processes.
+
+- a decode worker killed mid-stream: its sequences are prefilled again elsewhere (prompt + tokens
+  so far, same seed) and the client's stream completes with exactly the unfaulted text;
+- a prefill worker killed: requests still complete, on the other one;
+- no decode (then no prefill) worker left: a prompt 503 with an OpenAI error body, no hang.
+Runs last in the session (conftest.py): it kills the shared workers.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from tests.disagg._cluster import metric, spawn_router, stop, wait_ready
+
+openai = pytest.importorskip("openai")
+
+LONG = 400          # tokens: long enough that the kill lands mid-stream
+PROMPTS = ["Disaggregated serving survives", "A prefill worker fails while",
+           "Tokens keep flowing when", "The router retries the prompt"]
+
+
+@pytest.fixture(scope="module")
+def faults(workers, tmp_path_factory):
+    router = spawn_router(tmp_path_factory.mktemp("faults"), workers.prefill, workers.decode)
+    workers.wait()
+    wait_ready([router])
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="none", timeout=60, max_retries=0)
+    yield SimpleNamespace(router=router, prefill=workers.prefill, decode=workers.decode, client=client)
+    stop([router])
+
+
+def _complete(client, prompt: str, max_tokens: int, **kw) -> str:
+    return client.completions.create(model="tiny-random", prompt=prompt, max_tokens=max_tokens,
+                                     extra_body={"ignore_eos": True}, **kw).choices[0].text
+
+
+def _router_metric(faults, name: str) -> float:
+    return metric(httpx.get(f"{faults.router.url}/metrics").text, name)
+
+
+def test_prefill_worker_killed(faults):
+    refs = [_complete(faults.client, p, 8, temperature=0) for p in PROMPTS]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        futures = [pool.submit(_complete, faults.client, p, 8, temperature=0) for p in PROMPTS]
+        faults.prefill[0].kill()
+        assert [f.result(timeout=60) for f in futures] == refs
+    # Later requests go to the survivor.
+    assert [_complete(faults.client, p, 8, temperature=0) for p in PROMPTS] == refs
+
+
+def test_decode_worker_killed_mid_stream(faults):
+    cases = [dict(temperature=0), dict(temperature=1.0, seed=42)]
+    refs = [_complete(faults.client, PROMPTS[0], LONG, **kw) for kw in cases]
+    streams = [faults.client.completions.create(model="tiny-random", prompt=PROMPTS[0], max_tokens=LONG,
+                                                stream=True, extra_body={"ignore_eos": True}, **kw)
+               for kw in cases]
+    pieces = [[next(iter(s)).choices[0].text] for s in streams]   # the first token: from prefill
+    for s, got in zip(streams, pieces):
+        while len(got) < 4:                                       # ... then decode is running
+            got.append(next(iter(s)).choices[0].text)
+    victim = next(d for d in faults.decode if d.load()["num_running"] > 0)
+    victim.kill()
+    for s, got in zip(streams, pieces):
+        got += [c.choices[0].text for c in s]
+    assert ["".join(p) for p in pieces] == refs
+    assert _router_metric(faults, 'jaxserve:router_failovers_total{role="decode"}') >= 1
+
+
+def test_no_worker_of_a_role_left_is_503(faults):
+    for d in faults.decode:
+        d.kill()
+    t0 = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as e:
+        _complete(faults.client, PROMPTS[1], 8, temperature=0)
+    assert e.value.status_code == 503
+    assert time.monotonic() - t0 < 15
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{faults.router.url}/health").status_code != 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    with pytest.raises(openai.APIStatusError) as e:
+        faults.client.completions.create(model="tiny-random", prompt=PROMPTS[1], max_tokens=8, stream=True)
+    assert e.value.status_code == 503
+    r = httpx.post(f"{faults.router.url}/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable_error"
+    assert "no decode worker" in r.json()["error"]["message"]
