@@ -179,9 +179,11 @@ def serve(args: argparse.Namespace, start_time_s: float) -> None:
         if not args.no_compile_cache:
             enable_compilation_cache()
         async_engine, app = _engine_app(args, config, start_time_s)
+    if args.role != "single":   # the router polls /load twice a second: keep that out of the log
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     server = _make_draining_server(async_engine, uvicorn.Config(
         app, host=config.server.host, port=config.server.port, log_level=args.log_level,
-        timeout_graceful_shutdown=int(args.drain_timeout)))
+        access_log=args.role in ("single", "router"), timeout_graceful_shutdown=int(args.drain_timeout)))
     server.run()
 
 

@@ -3,7 +3,8 @@
 - a decode worker killed mid-stream: its sequences are prefilled again elsewhere (prompt + tokens
   so far, same seed) and the client's stream completes with exactly the unfaulted text;
 - a prefill worker killed: requests still complete, on the other one;
-- no decode (then no prefill) worker left: a prompt 503 with an OpenAI error body, no hang.
+- no decode worker left: a prompt 503 with an OpenAI error body, no hang.
+Before any fault, a repeated prompt is routed to the prefill worker whose prefix cache holds it.
 Runs last in the session (conftest.py): it kills the shared workers.
 """
 from __future__ import annotations
@@ -41,6 +42,20 @@ def _complete(client, prompt: str, max_tokens: int, **kw) -> str:
 
 def _router_metric(faults, name: str) -> float:
     return metric(httpx.get(f"{faults.router.url}/metrics").text, name)
+
+
+def test_prefill_routing_follows_the_prefix_cache(faults):
+    """Before any fault: a repeated long prompt goes back to the prefill worker caching its pages."""
+    def hits() -> float:
+        return sum(metric(httpx.get(f"{p.url}/metrics").text, "jaxserve:prefix_cache_hits_total")
+                   for p in faults.prefill)
+
+    for i in range(3):
+        prompt = f"Request {i}: " + "a shared system prompt that fills several KV pages " * 6
+        _complete(faults.client, prompt, 2, temperature=0)
+        before = hits()
+        _complete(faults.client, prompt, 2, temperature=0)
+        assert hits() - before >= 2
 
 
 def test_prefill_worker_killed(faults):

@@ -5,6 +5,7 @@ computed by the prefill process and pulled into the decode process continue the 
 """
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import httpx
@@ -71,6 +72,23 @@ def test_chat_streaming_and_not(client, llm):
     stream = client.chat.completions.create(model="tiny-random", messages=messages, max_tokens=8,
                                             temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == ref
+
+
+def test_client_disconnect_aborts_on_the_workers(cluster, client):
+    def generated() -> float:
+        return metric(httpx.get(f"{cluster.decode.url}/metrics").text, "jaxserve:generation_tokens_total")
+
+    before = generated()
+    stream = client.completions.create(model="tiny-random", prompt=PROMPTS[0], max_tokens=400,
+                                       temperature=0, stream=True, extra_body={"ignore_eos": True})
+    for _, _ in zip(range(3), stream):
+        pass
+    stream.close()
+    deadline = time.monotonic() + 10
+    while cluster.decode.load()["num_running"]:
+        assert time.monotonic() < deadline, "the decode worker kept generating for a gone client"
+        time.sleep(0.05)
+    assert generated() - before < 399
 
 
 def test_bad_request_is_400(client):
