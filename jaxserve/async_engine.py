@@ -14,7 +14,9 @@ of a request:
   4. asyncio: each request owns an asyncio.Queue; `generate()` yields its deltas until all n
      sequences have finished.
   5. a cancelled or closed generator (client disconnect) enqueues ("abort", id): the engine
-     thread frees the request's pages before its next step.
+     thread frees the request's pages before its next step. A request cancelled while its "add"
+     still waits in the inbox (the engine thread is busy in a step) has a cancelled ack; the
+     engine thread then skips the add instead of setting that ack (which would raise and kill it).
 
 If the engine thread dies, every pending request receives EngineDeadError (no request ever
 hangs) and `healthy` turns False so /health reports 503. `shutdown(drain=True)` refuses new
@@ -302,6 +304,8 @@ class AsyncEngine:
                     self.engine.abort_request(command.request_id)
                 continue
             num_added += 1
+            if not command.ack.set_running_or_notify_cancel():
+                continue  # its caller left while it sat here: never add it (its _Abort follows)
             try:
                 self.engine.add_request(command.request_id, command.prompt_token_ids, command.params,
                                         prompt=command.prompt)

@@ -11,6 +11,7 @@ Request metrics (TTFT, inter-token latency, e2e latency, finish reasons) are obs
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -328,7 +329,12 @@ class OpenAIServing:
     async def _open(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                     prompt: str | None, arrival_s: float, rename: dict[str, str]
                     ) -> tuple[AsyncIterator[SequenceDelta], _Tracker]:
-        """Start generation and wait for the first delta, so refusals still become HTTP errors."""
+        """Start generation and wait for the first delta, so refusals still become HTTP errors.
+
+        A request refused or failed here is not counted; one that ends before its first token
+        (the client left, so this task is cancelled, or the server aborted it) counts as an abort.
+        """
+        tracker = _Tracker(self.metrics, arrival_s)
         gen = self.engine.generate(request_id, prompt_ids, params, prompt=prompt)
         try:
             first = await gen.__anext__()
@@ -337,15 +343,19 @@ class OpenAIServing:
         except (EngineOverloadedError, EngineNotReadyError, EngineDeadError) as e:
             raise from_engine_error(e) from None
         except StopAsyncIteration:
+            tracker.close()
             raise APIError(503, "request was aborted before its first token", type="service_unavailable_error",
                            code="aborted") from None
+        except asyncio.CancelledError:
+            tracker.close()   # generate()'s own cleanup has already asked the engine to abort it
+            raise
 
         async def chained() -> AsyncIterator[SequenceDelta]:
             yield first
             async for d in gen:
                 yield d
 
-        return chained(), _Tracker(self.metrics, arrival_s)
+        return chained(), tracker
 
     async def _checked(self, deltas: AsyncIterator[SequenceDelta], tracker: _Tracker
                        ) -> AsyncIterator[SequenceDelta]:
