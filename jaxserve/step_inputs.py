@@ -42,6 +42,18 @@ class Shapes:
     def table_width(self, pages: int) -> int:
         return min(pow2_at_least(pages, MIN_TABLE_PAGES), self.max_pages_per_seq)
 
+    @property
+    def table_widths(self) -> list[int]:
+        """Every block-table width a batch can have."""
+        widths = {self.table_width(1)}
+        while max(widths) < self.max_pages_per_seq:
+            widths.add(self.table_width(2 * max(widths)))
+        return sorted(widths)
+
+    def prefill_seqs(self, n: int) -> int:
+        """Sequence slots of a prefill batch: one, or all of them (two shapes, not log2 many)."""
+        return 1 if n == 1 else self.max_prefill_seqs
+
 
 def _block_table(seqs_pages: list[list[int]], rows: int, width: int) -> np.ndarray:
     table = np.zeros((rows, width), np.int32)
@@ -112,7 +124,7 @@ def _pack(items: list[tuple[Sequence, int, list[int]]], shapes: Shapes, T: int, 
 def build_prefill(chunks: list[PrefillChunk], shapes: Shapes) -> ModelBatch:
     """Prompt chunks; logits only at each chunk's last token."""
     T = bucket(sum(c.length for c in chunks), shapes.prefill_buckets)
-    N = min(pow2_at_least(len(chunks)), shapes.max_prefill_seqs)
+    N = shapes.prefill_seqs(len(chunks))
     items = [(c.seq, c.start, c.seq.all_ids[c.start:c.start + c.length]) for c in chunks]
     return _pack(items, shapes, T, N, all_logits=False, max_q_len=T)
 

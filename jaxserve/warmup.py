@@ -1,7 +1,8 @@
-"""Compile the common step shapes before serving, so the first requests do not pay for it.
+"""Compile every step shape before serving, so no request pays for a compile.
 
-Every decode bucket and every prefill token bucket, at the narrowest block table, plus the
-greedy and sampling variants of the sampler. Padded batches point at reserved page 0 only.
+Decode: every batch bucket x every block-table width. Prefill: every token bucket x both
+sequence-slot counts x every width. The greedy sampler for each row count comes with them.
+Padded batches point at reserved page 0 only, so the pools' contents do not matter.
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ def _padding_batch(mode: str, tokens: int, seqs: int, width: int) -> ModelBatch:
 
 def warmup_runner(runner, shapes) -> None:
     t0 = time.perf_counter()
-    width = shapes.table_width(1)
-    for B in shapes.decode_buckets:
-        runner.run(_padding_batch("decode", B, B, width), build_sampling([], B, shapes))
-    for T in shapes.prefill_buckets:
-        runner.run(_padding_batch("prefill", T, 1, width), build_sampling([], 1, shapes))
+    for width in shapes.table_widths:
+        for B in shapes.decode_buckets:
+            runner.run(_padding_batch("decode", B, B, width), build_sampling([], B, shapes))
+        for T in shapes.prefill_buckets:
+            for N in sorted({shapes.prefill_seqs(1), shapes.prefill_seqs(2)}):
+                runner.run(_padding_batch("prefill", T, N, width), build_sampling([], N, shapes))
     log.info("warmup compiled %d programs in %.1f s", runner.compiles.count, time.perf_counter() - t0)

@@ -119,7 +119,9 @@ class DisaggregatedEngine:
     def warmup(self) -> None:
         with self._lock:
             self.prefill.warmup()
-        self.decode.warmup()
+            self.decode.warmup()
+            self.decode.runner.kv = self.transfer.warmup(
+                self.prefill.runner.kv, self.decode.runner.kv, self.decode.shapes.max_pages_per_seq)
 
     def shutdown(self) -> None:
         with self._work:

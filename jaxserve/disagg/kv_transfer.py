@@ -68,6 +68,15 @@ class KVTransfer:
             nbytes += k.nbytes + v.nbytes
         return KVPayload(groups, len(pages), nbytes, t0)
 
+    def warmup(self, source: KVPages, target: KVPages, max_pages: int) -> KVPages:
+        """Compile the gather/scatter of every group size, moving reserved page 0 onto itself."""
+        size = 1
+        while size <= max_pages:
+            (k, v), = self.send(source, [0] * size).groups     # a power of two: one group
+            target = _scatter(target, k, v, np.zeros(size, np.int32))
+            size *= 2
+        return target
+
     def receive(self, kv: KVPages, payload: KVPayload, pages: list[int]) -> KVPages:
         ids = np.asarray(pages, np.int32)
         for (start, size), (k, v) in zip(_groups(payload.num_pages), payload.groups):
