@@ -49,7 +49,8 @@ class Engine:
         self.shapes = Shapes(
             page_size=cache.page_size, max_pages_per_seq=-(-self.max_model_len // cache.page_size),
             decode_buckets=tuple(sched.decode_buckets), prefill_buckets=tuple(sched.prefill_buckets),
-            max_prefill_seqs=max_prefill_seqs, history_len=self.max_model_len)
+            max_prefill_seqs=max_prefill_seqs, history_len=self.max_model_len,
+            spec_tokens=config.speculative.num_speculative_tokens if config.speculative.method != "none" else 0)
         self.scheduler = Scheduler(sched, cache, max_prefill_seqs)
         self.runner = ModelRunner(arch, params, cache.num_pages, cache.page_size,
                                   jnp.dtype(config.model.dtype),
@@ -363,3 +364,5 @@ class Engine:
 
     def warmup(self) -> None:
         warmup_runner(self.runner, self.shapes)
+        if self.proposer is not None and hasattr(self.proposer, "runner"):
+            warmup_runner(self.proposer.runner, self.shapes, model_only_verify=True)

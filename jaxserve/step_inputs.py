@@ -38,6 +38,12 @@ class Shapes:
     prefill_buckets: tuple[int, ...]
     max_prefill_seqs: int
     history_len: int            # width of the penalty history (max_model_len)
+    spec_tokens: int = 0        # k of speculative decoding (0: off)
+
+    @property
+    def verify_q(self) -> int:
+        """Query slots per sequence in a verify batch: 1 + k, rounded to a power of two."""
+        return pow2_at_least(1 + self.spec_tokens)
 
     def table_width(self, pages: int) -> int:
         return min(pow2_at_least(pages, MIN_TABLE_PAGES), self.max_pages_per_seq)
@@ -130,13 +136,14 @@ def build_prefill(chunks: list[PrefillChunk], shapes: Shapes) -> ModelBatch:
 
 
 def build_verify(seqs: list[Sequence], drafts: list[list[int]], shapes: Shapes) -> ModelBatch:
-    """Each sequence's pending token followed by its draft; logits at every token (row = token)."""
-    T = bucket(sum(1 + len(d) for d in drafts), shapes.prefill_buckets)
-    N = pow2_at_least(len(seqs))
+    """Each sequence's pending token followed by its draft; logits at every token (row = token).
+
+    Shapes depend only on the decode bucket and the table width (T = N x verify_q), so warmup
+    can compile them all; the small static query bound keeps the reference's scores small.
+    """
+    N = bucket(len(seqs), shapes.decode_buckets)
     items = [(s, s.num_computed, [s.all_ids[s.num_computed]] + d) for s, d in zip(seqs, drafts)]
-    # A small static query bound keeps the reference's [N, max_q_len, context] scores small.
-    max_q = pow2_at_least(max(1 + len(d) for d in drafts))
-    return _pack(items, shapes, T, N, all_logits=True, max_q_len=min(max_q, T))
+    return _pack(items, shapes, N * shapes.verify_q, N, all_logits=True, max_q_len=shapes.verify_q)
 
 
 def verify_rows(seqs: list[Sequence], drafts: list[list[int]], rows: int

@@ -17,20 +17,35 @@ from jaxserve.step_inputs import build_sampling
 log = logging.getLogger(__name__)
 
 
-def _padding_batch(mode: str, tokens: int, seqs: int, width: int) -> ModelBatch:
+def _padding_batch(mode: str, tokens: int, seqs: int, width: int, max_q_len: int | None = None,
+                   all_logits: bool = False) -> ModelBatch:
     zeros = lambda n: np.zeros(n, np.int32)
+    if max_q_len is None:
+        max_q_len = 1 if mode == "decode" else tokens
     return ModelBatch(
         tokens=zeros(tokens), positions=zeros(tokens), slots=zeros(tokens),
         block_tables=np.zeros((seqs, width), np.int32), kv_lens=zeros(seqs),
         cu_q_lens=np.arange(seqs + 1, dtype=np.int32) if mode == "decode" else zeros(seqs + 1),
-        logits_indices=zeros(seqs), mode=mode, max_q_len=1 if mode == "decode" else tokens)
+        logits_indices=zeros(tokens if all_logits else seqs), mode=mode, max_q_len=max_q_len)
 
 
-def warmup_runner(runner, shapes) -> None:
+def warmup_runner(runner, shapes, model_only_verify: bool = False) -> None:
+    """Compile runner's steps for every shape; verify batches too when speculation is on.
+
+    model_only_verify: a draft model only runs the model over verify batches, never the verifier.
+    """
     t0 = time.perf_counter()
     for width in shapes.table_widths:
         for B in shapes.decode_buckets:
             runner.run(_padding_batch("decode", B, B, width), build_sampling([], B, shapes))
+            if shapes.spec_tokens:
+                rows = B * shapes.verify_q
+                batch = _padding_batch("prefill", rows, B, width, max_q_len=shapes.verify_q,
+                                       all_logits=True)
+                if model_only_verify:
+                    runner.forward_only(batch)
+                else:
+                    runner.run_verify(batch, build_sampling([], rows, shapes), np.full(rows, -1, np.int32))
         for T in shapes.prefill_buckets:
             for N in sorted({shapes.prefill_seqs(1), shapes.prefill_seqs(2)}):
                 runner.run(_padding_batch("prefill", T, N, width), build_sampling([], N, shapes))
