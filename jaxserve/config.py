@@ -45,6 +45,7 @@ class SchedulerConfig:
     max_num_seqs: int = 32                 # sequences decoding at once
     max_num_batched_tokens: int = 512      # token budget of one step (prefill chunks + decodes)
     max_waiting: int = 1024                # queue length past which new requests are refused (HTTP 429)
+    max_prefill_seqs: int = 2              # sequences sharing one prefill step (each gets a full query window)
     decode_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)   # padded decode batch sizes
     prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # padded prefill token counts
 
@@ -53,6 +54,7 @@ class SchedulerConfig:
         _check(self.max_num_batched_tokens > 0, "scheduler.max_num_batched_tokens", "must be > 0",
                self.max_num_batched_tokens)
         _check(self.max_waiting > 0, "scheduler.max_waiting", "must be > 0", self.max_waiting)
+        _check(self.max_prefill_seqs > 0, "scheduler.max_prefill_seqs", "must be > 0", self.max_prefill_seqs)
         _check(list(self.decode_buckets) == sorted(set(self.decode_buckets)) and self.decode_buckets[0] > 0,
                "scheduler.decode_buckets", "must be increasing positive integers", self.decode_buckets)
         _check(self.decode_buckets[-1] >= self.max_num_seqs, "scheduler.decode_buckets",

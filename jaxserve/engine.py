@@ -45,10 +45,14 @@ class Engine:
         self.model_name = model_name
         cache, sched = config.cache, config.scheduler
         self.max_model_len = min(config.model.max_model_len, arch.max_position)
-        max_prefill_seqs = 8
+        max_prefill_seqs = sched.max_prefill_seqs
+        # No one-row decode program: XLA lowers a one-row K/V write in the layer loop to an update
+        # that copies the whole pools every layer (seconds per step with thousands of pages);
+        # a single sequence is padded to two rows instead.
+        decode_buckets = tuple(b for b in sched.decode_buckets if b >= 2) or (2,)
         self.shapes = Shapes(
             page_size=cache.page_size, max_pages_per_seq=-(-self.max_model_len // cache.page_size),
-            decode_buckets=tuple(sched.decode_buckets), prefill_buckets=tuple(sched.prefill_buckets),
+            decode_buckets=decode_buckets, prefill_buckets=tuple(sched.prefill_buckets),
             max_prefill_seqs=max_prefill_seqs, history_len=self.max_model_len,
             spec_tokens=config.speculative.num_speculative_tokens if config.speculative.method != "none" else 0)
         self.scheduler = Scheduler(sched, cache, max_prefill_seqs)
