@@ -84,12 +84,24 @@ class SpeculativeConfig:
     ngram_min: int = 2              # shortest one worth trusting
     draft_source: str | None = None  # method=draft: model.source of the draft (same tokenizer)
     draft_dtype: str = "float32"
+    # Speculation pays only while verifying 1 + k tokens costs little more than decoding one. On
+    # a CPU the model is compute-bound, so a verify pass over a larger batch costs several decode
+    # steps (docs/benchmarks.md: 0.47x-0.88x at 8 sequences, ~1.4x at 1). Two gates, every step:
+    # more decoding sequences than max_batch_for_speculation -> a plain decode step for all; a
+    # moving average of draft tokens accepted per verified sequence below min_accepted_tokens ->
+    # only every 8th decode step proposes, to re-measure (0: speculate whatever the acceptance).
+    max_batch_for_speculation: int = 4
+    min_accepted_tokens: float = 0.5
 
     def validate(self) -> None:
         _check(self.method in ("none", "ngram", "draft"), "speculative.method", "must be none, ngram or draft",
                self.method)
         _check(1 <= self.num_speculative_tokens <= 16, "speculative.num_speculative_tokens",
                "must be in 1..16", self.num_speculative_tokens)
+        _check(self.max_batch_for_speculation >= 1, "speculative.max_batch_for_speculation", "must be >= 1",
+               self.max_batch_for_speculation)
+        _check(0.0 <= self.min_accepted_tokens <= self.num_speculative_tokens, "speculative.min_accepted_tokens",
+               "must be in 0..num_speculative_tokens", self.min_accepted_tokens)
         _check(1 <= self.ngram_min <= self.ngram_max, "speculative.ngram_min",
                "must be in 1..ngram_max", self.ngram_min)
         _check(self.method != "draft" or bool(self.draft_source), "speculative.draft_source",

@@ -22,14 +22,19 @@ from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, Sequence
 from jaxserve.runner import ModelRunner
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.scheduler import Scheduler
-from jaxserve.sequence import Sequence
+from jaxserve.sequence import SeqStatus, Sequence
 from jaxserve.spec.verify import accepted_tokens
-from jaxserve.step_inputs import (Shapes, build_decode, build_prefill, build_sampling, build_verify,
+from jaxserve.step_inputs import (Shapes, bucket, build_decode, build_prefill, build_sampling, build_verify,
                                   verify_rows)
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import warmup_runner
 
 log = logging.getLogger(__name__)
+
+# Adaptive speculation (see _speculate_this_step): weight of the newest verify step in the moving
+# average of accepted tokens, and the decode-step period of probes while that average is too low.
+_ACCEPT_EMA_WEIGHT = 0.25
+_PROBE_EVERY = 8
 
 
 class QueueFull(Exception):
@@ -66,6 +71,14 @@ class Engine:
         self.proposer = self._make_proposer(config)
         self.spec_proposed = 0
         self.spec_accepted = 0
+        self.spec_verify_steps = 0             # verify passes run
+        self._accepted_ema: float | None = None  # draft tokens accepted per verified sequence
+        self._probe_wait = 0                   # decode steps left before the next probe
+        # Verify batches hold at most min(max_batch_for_speculation, max_num_seqs) sequences:
+        # only their buckets can occur, so only those are warmed up.
+        most = min(config.speculative.max_batch_for_speculation, sched.max_num_seqs)
+        self.verify_buckets = tuple(sorted({bucket(n, decode_buckets) for n in range(1, most + 1)})
+                                    ) if self.shapes.spec_tokens else ()
         self.requests: dict[str, list[Sequence]] = {}
         self._detok: dict[int, IncrementalDetokenizer] = {}
         self._next_seq_id = 0
@@ -159,7 +172,7 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- step
     def step(self) -> list[SequenceDelta]:
-        lookahead = self._spec_len if self.proposer else None
+        lookahead = self._spec_len if self._speculate_this_step() else None
         plan = self.scheduler.schedule(lookahead)
         deltas: list[SequenceDelta] = []
         plain, spec, drafts = plan.decodes, [], []
@@ -241,6 +254,33 @@ class Engine:
         if self.proposer is not None:
             self.proposer.observe(batch)
 
+    def _speculate_this_step(self) -> bool:
+        """Whether this step may propose at all; _spec_len then decides per sequence.
+
+        No speculation when more sequences may decode this step than max_batch_for_speculation
+        (a verify pass over a large batch costs more than its accepted tokens save on a CPU). And
+        when the moving average of draft tokens accepted per verified sequence is below
+        min_accepted_tokens, only every _PROBE_EVERY-th decode step proposes: a probe re-measures
+        acceptance, and the average climbing back opens every step again. Deterministic: it
+        depends only on the tokens verified so far.
+        """
+        if self.proposer is None:
+            return False
+        running = self.scheduler.running
+        decoding = [s for s in running if s.status is SeqStatus.RUNNING and s.is_decoding]
+        # Adopted sequences (disaggregated decode side) join the batch during schedule().
+        joining = min(len(self.scheduler.adopted), max(0, self.config.scheduler.max_num_seqs - len(running)))
+        if not decoding and not joining:
+            return False
+        if len(decoding) + joining <= self.config.speculative.max_batch_for_speculation:
+            if self._probe_wait == 0:
+                return True
+            self._probe_wait -= 1
+        for seq in decoding:   # per-sequence back-off counts decode steps, proposing or not
+            if seq.spec_skip > 0:
+                seq.spec_skip -= 1
+        return False
+
     def _spec_len(self, seq: Sequence) -> int:
         """Tokens to propose for seq this step (0: decode plainly)."""
         p = seq.params
@@ -261,7 +301,7 @@ class Engine:
         arrays = build_sampling(row_seqs, rows, self.shapes, step_offsets=offsets)
         result = self.runner.run_verify(batch, arrays, judged)
         self._observe(batch)
-        deltas, row = [], 0
+        deltas, row, step_accepted = [], 0, 0
         for seq, draft in zip(seqs, drafts):
             n = len(draft) + 1
             tokens = accepted_tokens(draft, result.accept[row:row + n], result.residual[row:row + n],
@@ -270,6 +310,7 @@ class Engine:
             accepted = len(tokens) - 1
             self.spec_proposed += len(draft)
             self.spec_accepted += accepted
+            step_accepted += accepted
             # Back off from sequences whose proposals keep failing, so they cost little.
             seq.spec_misses = 0 if accepted else seq.spec_misses + 1
             seq.spec_skip = 0 if accepted else min(1 << seq.spec_misses, 16)
@@ -281,6 +322,12 @@ class Engine:
             if not seq.finished:
                 self.scheduler.advance(seq, start + len(tokens))
                 self.scheduler.trim(seq)
+        self.spec_verify_steps += 1
+        mean = step_accepted / len(seqs)
+        ema = self._accepted_ema
+        self._accepted_ema = mean if ema is None else ema + _ACCEPT_EMA_WEIGHT * (mean - ema)
+        if self._accepted_ema < self.config.speculative.min_accepted_tokens:
+            self._probe_wait = _PROBE_EVERY - 1
         return deltas
 
     def _append(self, seq: Sequence, result, row: int) -> SequenceDelta:
@@ -367,6 +414,7 @@ class Engine:
             spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted)
 
     def warmup(self) -> None:
-        warmup_runner(self.runner, self.shapes)
+        warmup_runner(self.runner, self.shapes, verify_buckets=self.verify_buckets)
         if self.proposer is not None and hasattr(self.proposer, "runner"):
-            warmup_runner(self.proposer.runner, self.shapes, model_only_verify=True)
+            warmup_runner(self.proposer.runner, self.shapes, verify_buckets=self.verify_buckets,
+                          model_only_verify=True)

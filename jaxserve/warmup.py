@@ -1,7 +1,9 @@
 """Compile every step shape before serving, so no request pays for a compile.
 
 Decode: every batch bucket x every block-table width. Prefill: every token bucket x both
-sequence-slot counts x every width. The greedy sampler for each row count comes with them.
+sequence-slot counts x every width. Verify (speculation on): the batch buckets a verify batch can
+have (speculative.max_batch_for_speculation bounds it) x every width. The greedy sampler for each
+row count comes with them.
 Padded batches point at reserved page 0 only, so the pools' contents do not matter.
 """
 from __future__ import annotations
@@ -29,16 +31,21 @@ def _padding_batch(mode: str, tokens: int, seqs: int, width: int, max_q_len: int
         logits_indices=zeros(tokens if all_logits else seqs), mode=mode, max_q_len=max_q_len)
 
 
-def warmup_runner(runner, shapes, model_only_verify: bool = False) -> None:
+def warmup_runner(runner, shapes, verify_buckets: tuple[int, ...] | None = None,
+                  model_only_verify: bool = False) -> None:
     """Compile runner's steps for every shape; verify batches too when speculation is on.
 
+    verify_buckets: the decode buckets a verify batch can occupy (Engine.verify_buckets);
+    None: all of them when shapes.spec_tokens is set.
     model_only_verify: a draft model only runs the model over verify batches, never the verifier.
     """
     t0 = time.perf_counter()
+    if verify_buckets is None:
+        verify_buckets = shapes.decode_buckets if shapes.spec_tokens else ()
     for width in shapes.table_widths:
         for B in shapes.decode_buckets:
             runner.run(_padding_batch("decode", B, B, width), build_sampling([], B, shapes))
-            if shapes.spec_tokens:
+            if B in verify_buckets:
                 rows = B * shapes.verify_q
                 batch = _padding_batch("prefill", rows, B, width, max_q_len=shapes.verify_q,
                                        all_logits=True)
