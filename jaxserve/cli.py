@@ -110,7 +110,7 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-pages", type=int)
     p.add_argument("--max-num-seqs", type=int)
     p.add_argument("--max-num-batched-tokens", type=int)
-    p.add_argument("--attention-impl", choices=["auto", "reference", "triton", "mosaic"])
+    p.add_argument("--attention-impl", choices=["auto", "reference", "xla", "triton", "mosaic"])
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. cache.num_pages=1024")
     p.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent XLA cache")

@@ -68,12 +68,12 @@ class SchedulerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class KernelConfig:
-    attention_impl: str = "auto"   # auto (by backend) | reference | triton | mosaic
+    attention_impl: str = "auto"   # auto (by backend) | reference | xla | triton | mosaic
     interpret: bool = False        # run Pallas kernels in interpret mode (CPU tests)
 
     def validate(self) -> None:
-        _check(self.attention_impl in ("auto", "reference", "triton", "mosaic"), "kernel.attention_impl",
-               "must be auto, reference, triton or mosaic", self.attention_impl)
+        _check(self.attention_impl in ("auto", "reference", "xla", "triton", "mosaic"), "kernel.attention_impl",
+               "must be auto, reference, xla, triton or mosaic", self.attention_impl)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,6 +1,7 @@
 """The one place a kernel backend is chosen.
 
-impl="auto" picks by the default JAX backend: cpu -> reference, gpu -> triton, tpu -> mosaic.
+impl="auto" picks by the default JAX backend: cpu -> xla (the references' math in blocks, see
+blocked.py), gpu -> triton, tpu -> mosaic. "reference" forces the spec itself.
 A forced impl that cannot run here raises; nothing ever falls back silently to another backend.
 Kernel modules are imported only when chosen, so this package imports (and the reference runs)
 without a GPU or TPU toolchain. A Mosaic-GPU variant would be one more entry in _MODULES plus a
@@ -12,10 +13,10 @@ import importlib
 
 import jax
 
-IMPLS = ("auto", "reference", "triton", "mosaic")
-_AUTO = {"cpu": "reference", "gpu": "triton", "cuda": "triton", "tpu": "mosaic"}
+IMPLS = ("auto", "reference", "xla", "triton", "mosaic")
+_AUTO = {"cpu": "xla", "gpu": "triton", "cuda": "triton", "tpu": "mosaic"}
 _NEEDS_PLATFORM = {"triton": "gpu", "mosaic": "tpu"}   # when not interpreted
-_MODULES = {"reference": "reference", "triton": "triton", "mosaic": "mosaic"}
+_MODULES = {"reference": "reference", "xla": "xla", "triton": "triton", "mosaic": "mosaic"}
 
 
 def choose_impl(impl: str, interpret: bool = False) -> str:
@@ -46,7 +47,7 @@ def paged_decode_attention(q, k_pages, v_pages, block_tables, lengths, *, scale=
     Args:
       q: [B, H, D]; k_pages, v_pages: [P, S, K, D]; block_tables: i32[B, M]; lengths: i32[B].
       scale, soft_cap, sliding_window, k_scales, v_scales: see the reference.
-      impl: auto | reference | triton | mosaic.
+      impl: auto | reference | xla | triton | mosaic.
       interpret: run a Pallas kernel in interpret mode (any platform; slow, for tests).
 
     Returns:
@@ -56,7 +57,7 @@ def paged_decode_attention(q, k_pages, v_pages, block_tables, lengths, *, scale=
     fn = _kernel_module("paged_decode", chosen).paged_decode_attention
     kwargs = dict(scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
                   k_scales=k_scales, v_scales=v_scales)
-    if chosen != "reference":
+    if chosen not in ("reference", "xla"):
         kwargs["interpret"] = interpret
     return fn(q, k_pages, v_pages, block_tables, lengths, **kwargs)
 
@@ -71,7 +72,7 @@ def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_le
       q: [T, H, D]; k_pages, v_pages: [P, S, K, D]; block_tables: i32[N, M];
       cu_q_lens: i32[N+1]; kv_lens: i32[N]; max_q_len: static bound on chunk lengths.
       scale, soft_cap, sliding_window, k_scales, v_scales: see the reference.
-      impl: auto | reference | triton | mosaic.
+      impl: auto | reference | xla | triton | mosaic.
       interpret: run a Pallas kernel in interpret mode (any platform; slow, for tests).
 
     Returns:
@@ -81,6 +82,6 @@ def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_le
     fn = _kernel_module("ragged_prefill", chosen).ragged_prefill_attention
     kwargs = dict(max_q_len=max_q_len, scale=scale, soft_cap=soft_cap,
                   sliding_window=sliding_window, k_scales=k_scales, v_scales=v_scales)
-    if chosen != "reference":
+    if chosen not in ("reference", "xla"):
         kwargs["interpret"] = interpret
     return fn(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, **kwargs)

@@ -1,4 +1,4 @@
-"""Backend modes for the kernel tests: interpreted ones run anywhere, compiled ones need hardware."""
+"""Backend modes for the kernel tests: xla and interpreted ones run anywhere, compiled Pallas needs hardware."""
 import jax
 import pytest
 
@@ -6,6 +6,7 @@ _BACKEND = jax.default_backend()
 
 # (impl, interpret): one test body runs the kernel compiled and interpreted.
 KERNEL_MODES = [
+    pytest.param("xla", False, id="xla"),   # the blocked jnp path: compiled everywhere
     pytest.param("triton", True, id="triton-interpret"),
     pytest.param("triton", False, id="triton", marks=[
         pytest.mark.gpu, pytest.mark.skipif(_BACKEND != "gpu", reason="needs a GPU")]),

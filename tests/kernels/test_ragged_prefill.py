@@ -48,3 +48,19 @@ def test_triton_prefill_small_blocks_cross_pages(interpret):
                                           interpret=interpret)
     ref = reference.ragged_prefill_attention(*args, **kwargs)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), **TOLERANCE["float32"])
+
+
+@pytest.mark.parametrize("kv_block_tokens,q_block", [(1, 4), (16, 3), (8, 128)])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_xla_prefill_blocks_cross_pages_and_chunks(kv_block_tokens, q_block, case):
+    """Key blocks of one page, query blocks that split chunks unevenly: each query block stops
+    at its own diagonal and the result still equals the reference."""
+    from pallas_kernels.ragged_prefill import xla
+    args, kwargs = prefill_args(case)
+    out = xla.ragged_prefill_attention(*args, **kwargs, kv_block_tokens=kv_block_tokens,
+                                       q_block=q_block)
+    ref = reference.ragged_prefill_attention(*args, **kwargs)
+    out = np.asarray(out, np.float32)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, np.asarray(ref, np.float32), **TOLERANCE[case.q_dtype])
+    np.testing.assert_array_equal(out[int(args[4][-1]):], 0)
