@@ -79,7 +79,10 @@ class KernelConfig:
 @dataclass(frozen=True, kw_only=True)
 class SpeculativeConfig:
     method: str = "none"            # none | ngram (prompt lookup) | draft (a smaller model)
-    num_speculative_tokens: int = 4  # k: most tokens proposed per step
+    # k: most tokens proposed per step. A verify pass gives each sequence 1 + k query slots rounded
+    # up to a power of two, so k = 7 costs what k = 4 does (measured on CPU, n-gram, copy workload:
+    # 1.82x at k = 7, 1.55x at k = 4, 1.41x at k = 15).
+    num_speculative_tokens: int = 7
     ngram_max: int = 4              # longest suffix n-gram looked up in the request's own tokens
     ngram_min: int = 2              # shortest one worth trusting
     draft_source: str | None = None  # method=draft: model.source of the draft (same tokenizer)

@@ -71,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/smollm2-135m.yaml")
     ap.add_argument("--method", default="ngram", choices=["ngram", "draft"])
-    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--k", type=int, default=7)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--output-len", type=int, default=128)
