@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--slo-ttft", type=float, default=5.0, help="seconds")
     ap.add_argument("--slo-tpot", type=float, default=0.25, help="seconds per output token")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--modes", nargs="+", default=["colocated", "disaggregated"],
+                    choices=["colocated", "disaggregated"])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
@@ -125,7 +127,7 @@ def main() -> None:
                "long": token_windows(corpus[len(corpus) // 2:], 16, args.long_prompt_len)}
     print(f"{len(schedule)} requests over {args.duration:.0f} s "
           f"({sum(k == 'long' for _, k in schedule)} long)")
-    results = [run_mode(m, args, schedule, prompts) for m in ("colocated", "disaggregated")]
+    results = [run_mode(m, args, schedule, prompts) for m in args.modes]
     for r in results:
         print(f"\n{r['mode']}: {r['requests']} requests in {r['wall_s']:.1f} s, "
               f"{r['output_tok_s']:.1f} output tok/s, goodput {r['goodput_req_s']:.3f} req/s")

@@ -5,8 +5,9 @@ TFLOP/s (causal: only the score entries that are computed, 4*D flops each), each
 fraction of the device's peak when it is known (H100 SXM: 3.35 TB/s, 989 dense bf16 TFLOP/s).
 Baselines: jax.experimental.pallas.ops.gpu.paged_attention (decode, same pages in its
 [K, P, S, D] layout) and ...ops.gpu.attention.mha (prefill, dense contiguous K/V with kv heads
-repeated, since it has no GQA or paging). On CPU the kernels run interpreted at small shapes, so
-the tool can be smoke-tested anywhere; those timings mean nothing.
+repeated, since it has no GQA or paging). On CPU the Pallas kernels run interpreted at small
+shapes, so the tool can be smoke-tested anywhere; those timings mean nothing, but "reference"
+against "xla (blocked)" (the CPU path) is a real comparison there.
 
   python tools/bench_kernels.py [--small] [--sweep] [--json out.json]
 """
@@ -28,8 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pallas_kernels.paged_decode import reference as decode_ref  # noqa: E402
+from pallas_kernels.paged_decode import xla as decode_xla  # noqa: E402
 from pallas_kernels.paged_decode import triton as decode_triton  # noqa: E402
 from pallas_kernels.ragged_prefill import reference as prefill_ref  # noqa: E402
+from pallas_kernels.ragged_prefill import xla as prefill_xla  # noqa: E402
 from pallas_kernels.ragged_prefill import triton as prefill_triton  # noqa: E402
 
 PEAKS = {"H100": (3.35e12, 989e12), "H200": (4.8e12, 989e12)}   # HBM bytes/s, dense bf16 flop/s
@@ -91,6 +94,7 @@ def bench_decode(shape: dict, impls: dict, iters: int, sweep: bool) -> dict:
         _print_result(name, results[name])
 
     record("reference", jax.jit(decode_ref.paged_decode_attention), *args)
+    record("xla (blocked)", jax.jit(decode_xla.paged_decode_attention), *args)
     interpret = impls["interpret"]
     configs = [{}]
     if sweep:
@@ -132,6 +136,7 @@ def bench_prefill(shape: dict, impls: dict, iters: int, sweep: bool) -> dict:
         _print_result(name, results[name])
 
     record("reference", jax.jit(lambda *a: prefill_ref.ragged_prefill_attention(*a, max_q_len=ql)), *args)
+    record("xla (blocked)", jax.jit(lambda *a: prefill_xla.ragged_prefill_attention(*a, max_q_len=ql)), *args)
     interpret = impls["interpret"]
     configs = [{}]
     if sweep:
