@@ -224,13 +224,22 @@ def _engine_app(args: argparse.Namespace, config: EngineConfig, start_time_s: fl
                                            pull_timeout_s=args.kv_ticket_timeout)
 
 
+def router_worker_urls(args: argparse.Namespace, config: EngineConfig) -> tuple[list[str], list[str]]:
+    """The router's workers: --prefill-url/--decode-url flags if given, else disagg.*_urls."""
+    prefill = list(args.prefill_url or config.disagg.prefill_urls)
+    decode = list(args.decode_url or config.disagg.decode_urls)
+    if not prefill or not decode:
+        raise SystemExit("--role router needs at least one prefill and one decode worker: "
+                         "--prefill-url/--decode-url, or disagg.prefill_urls/decode_urls in the config")
+    return prefill, decode
+
+
 def _router_app(args: argparse.Namespace, config: EngineConfig, start_time_s: float) -> tuple[Any, Any]:
     from jaxserve.disagg.router import RouterEngine, create_router_app, load_tokenizer
 
-    if not args.prefill_url or not args.decode_url:
-        raise SystemExit("--role router needs at least one --prefill-url and one --decode-url")
+    prefill_urls, decode_urls = router_worker_urls(args, config)
     tokenizer, name = load_tokenizer(config)
-    router = RouterEngine(config, tokenizer, name, args.prefill_url, args.decode_url)
+    router = RouterEngine(config, tokenizer, name, prefill_urls, decode_urls)
     return router, create_router_app(router, config, start_time_s=start_time_s)
 
 

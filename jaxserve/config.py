@@ -116,10 +116,17 @@ class DisaggConfig:
     mode: str = "colocated"               # colocated | disaggregated
     prefill_devices: tuple[int, ...] = (0,)   # indices into jax.devices() for the prefill mesh
     decode_devices: tuple[int, ...] = (0,)    # ... and for the decode mesh (may differ in size)
+    # `serve --role router`: the workers' base URLs (--prefill-url / --decode-url flags win).
+    prefill_urls: tuple[str, ...] = ()
+    decode_urls: tuple[str, ...] = ()
 
     def validate(self) -> None:
         _check(self.mode in ("colocated", "disaggregated"), "disagg.mode", "must be colocated or disaggregated",
                self.mode)
+        for field in ("prefill_urls", "decode_urls"):
+            urls = getattr(self, field)
+            _check(all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls),
+                   f"disagg.{field}", "must be a list of http(s):// base URLs", urls)
         if self.mode == "disaggregated":
             _check(len(self.prefill_devices) > 0, "disagg.prefill_devices", "must not be empty",
                    self.prefill_devices)
