@@ -57,15 +57,21 @@ def windowed_attention(
     kv_lens = kv_lens.astype(jnp.int32)
 
     q_block = min(q_block, window)
+    # Rows share one key loop, which runs to the furthest key any of them needs. That suits many
+    # short windows (decode, verify); for long prefill windows it would make every chunk pay for
+    # the longest one, so those rows (few by construction) get loops of their own.
+    groups = [slice(n, n + 1) for n in range(rows)] if window > q_block else [slice(0, rows)]
     outs = []
-    # The query window is cut into static blocks so each one stops at its own diagonal.
-    for start in range(0, window, q_block):
-        size = min(q_block, window - start)
-        outs.append(_one_query_block(
-            q[:, start:start + size], q_pos[:, start:start + size], q_valid[:, start:start + size],
-            k_pages, v_pages, tables, kv_lens, pages_per_block, block, soft_cap, sliding_window,
-            k_scales, v_scales))
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    for g in groups:
+        blocks = []
+        # The query window is cut into static blocks so each one stops at its own diagonal.
+        for start in range(0, window, q_block):
+            cut = (g, slice(start, min(start + q_block, window)))
+            blocks.append(_one_query_block(
+                q[cut], q_pos[cut], q_valid[cut], k_pages, v_pages, tables[g], kv_lens[g],
+                pages_per_block, block, soft_cap, sliding_window, k_scales, v_scales))
+        outs.append(blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 
 
 def _one_query_block(q, q_pos, q_valid, k_pages, v_pages, tables, kv_lens, pages_per_block,
