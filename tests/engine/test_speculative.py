@@ -192,8 +192,8 @@ def test_speculation_resumes_when_acceptance_recovers(tiny_reference):
 @pytest.mark.parametrize("key, value", [("max_batch_for_speculation", 0), ("min_accepted_tokens", -0.5),
                                         ("min_accepted_tokens", 4.5)])
 def test_adaptive_settings_are_validated(key, value):
-    with pytest.raises(ValueError, match=f"speculative.{key}"):
-        load_config(overrides={"speculative": {"method": "ngram", key: value}})
+    with pytest.raises(ValueError, match=f"speculative.{key}"):   # 4.5 > k = 4 drafts per step
+        load_config(overrides={"speculative": {"method": "ngram", "num_speculative_tokens": 4, key: value}})
     config = load_config(overrides={"speculative": {"min_accepted_tokens": 1}})   # an int is fine
     assert config.speculative.min_accepted_tokens == 1.0
 
