@@ -22,11 +22,11 @@ from fastapi.responses import JSONResponse, Response
 
 from jaxserve.async_engine import AsyncEngine
 from jaxserve.disagg.remote_transfer import KVStager
-from jaxserve.disagg.worker import (WorkerEngine, create_worker_app, first_delta, parse_state,
-                                    unless_disconnected)
+from jaxserve.disagg.worker import WorkerEngine, create_worker_app, first_delta, parse_state
 from jaxserve.disagg.worker_api import SeqState, Ticket, delta_to_json
 from jaxserve.engine import Engine
 from jaxserve.sequence import Sequence
+from jaxserve.server.app import unless_disconnected
 from jaxserve.tokenizer import IncrementalDetokenizer
 
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -117,25 +117,6 @@ async def parse_state(raw: Request, key: str | None = None) -> tuple[dict, SeqSt
         return body, SeqState.from_json(body[key] if key else body)
     except (ValueError, KeyError, TypeError) as e:
         return JSONResponse(error_body(400, f"bad request body: {e}"), status_code=400)
-
-
-async def unless_disconnected(work: Awaitable[Any], raw: Request) -> Any:
-    """Run `work`, cancelling it if the client leaves first (then None)."""
-    task = asyncio.ensure_future(work)
-
-    async def wait_disconnect() -> None:
-        while (await raw.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(wait_disconnect())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    return None if task.cancelled() else task.result()
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any, timeout_s: float) -> Any:

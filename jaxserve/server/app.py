@@ -3,7 +3,7 @@
 `create_app(async_engine, config)` builds a fresh app whose state (engine, serving, metrics) lives
 in `app.state`, so a process (or a test) may hold several. Each route only parses the request,
 hands it to serving.py, and turns the result into a JSON or SSE response; a request whose client
-disconnects is cancelled (see `_unless_disconnected`), which aborts it in the engine.
+disconnects is cancelled (see `unless_disconnected`), which aborts it in the engine.
 """
 from __future__ import annotations
 
@@ -72,11 +72,11 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/completions", response_model=p.CompletionResponse)
     async def completions(body: p.CompletionRequest, raw: Request) -> Response:
-        return _respond(await _unless_disconnected(serving.create_completion(body), raw))
+        return _respond(await unless_disconnected(serving.create_completion(body), raw))
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse)
     async def chat_completions(body: p.ChatCompletionRequest, raw: Request) -> Response:
-        return _respond(await _unless_disconnected(serving.create_chat_completion(body), raw))
+        return _respond(await unless_disconnected(serving.create_chat_completion(body), raw))
 
     @app.get("/v1/models", response_model=p.ModelList)
     async def models() -> p.ModelList:
@@ -113,7 +113,7 @@ def _respond(result: Any) -> Response:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _unless_disconnected(work: Awaitable[Any], raw: Request) -> Any:
+async def unless_disconnected(work: Awaitable[Any], raw: Request) -> Any:
     """Run `work`, cancelling it if the client disconnects first (then return None).
 
     The body has been read already, so the next ASGI message is http.disconnect. Once a stream
@@ -128,9 +128,7 @@ async def _unless_disconnected(work: Awaitable[Any], raw: Request) -> Any:
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-    if task.cancelled():
-        return None
-    return task.result()
+    return None if task.cancelled() else task.result()
 
 
 async def _wait_disconnect(raw: Request) -> None:
