@@ -61,21 +61,26 @@ def tails(procs: list[Proc]) -> str:
     return "\n".join(f"== {p.role} {p.url}\n{p.log_path.read_text()[-3000:]}" for p in procs)
 
 
+def wait_healthy(url: str, popen: subprocess.Popen, name: str, logs, deadline: float) -> None:
+    """Until `url`/health answers 200; raises with logs() if the process exits or time runs out."""
+    while True:
+        if popen.poll() is not None:
+            raise RuntimeError(f"{name} exited early\n{logs()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} never became ready\n{logs()}")
+        time.sleep(0.25)
+
+
 def wait_ready(procs: list[Proc], timeout_s: float = 240) -> None:
     """Until every process answers /health with 200 (a router: once it sees both roles)."""
     deadline = time.monotonic() + timeout_s
     for p in procs:
-        while True:
-            if p.popen.poll() is not None:
-                raise RuntimeError(f"{p.role} exited early\n{tails(procs)}")
-            try:
-                if httpx.get(f"{p.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{p.role} never became ready\n{tails(procs)}")
-            time.sleep(0.25)
+        wait_healthy(p.url, p.popen, p.role, lambda: tails(procs), deadline)
 
 
 def stop(procs: list[Proc]) -> None:

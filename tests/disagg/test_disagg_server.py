@@ -2,29 +2,21 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.disagg._cluster import ROOT, free_port, wait_healthy
+
 openai = pytest.importorskip("openai")
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def disagg_server(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the CLI must ask for devices itself
     env["PYTHONPATH"] = str(ROOT)
     log_path = tmp_path_factory.mktemp("server") / "log.txt"
@@ -33,17 +25,8 @@ def disagg_server(tmp_path_factory):
                              str(ROOT / "configs" / "tiny-random-disagg.yaml"), "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
     try:
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.25)
+        wait_healthy(url, proc, "disaggregated server", log_path.read_text, time.monotonic() + 240)
         yield url
     finally:
         proc.terminate()
