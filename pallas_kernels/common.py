@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 
 # Logit given to masked positions. Not -inf: a row whose positions are all masked (padding rows,
@@ -19,6 +20,17 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 # The Triton decode kernel computes its softmax in base 2 (exp2 is one instruction, exp a libdevice
 # call): logits are multiplied by log2(e) first, which leaves the normalized probabilities unchanged.
 LOG2E = math.log2(math.e)
+
+
+# Pages may be uint16 holding bfloat16 bits. XLA:CPU, given a bfloat16 array that a loop reads,
+# converts all of it to f32 once per call (for a KV pool: gigabytes per step); uint16 it leaves
+# alone, so CPU pools of bf16 are stored as bits and read through bf16_view after the gather.
+BF16_BITS = jnp.uint16
+
+
+def bf16_view(pages: jax.Array) -> jax.Array:
+    """bfloat16 pages or a gather of them, reinterpreted from their uint16 bits; others as they are."""
+    return jax.lax.bitcast_convert_type(pages, jnp.bfloat16) if pages.dtype == BF16_BITS else pages
 
 
 def default_scale(scale: float | None, head_dim: int) -> float:

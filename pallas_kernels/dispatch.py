@@ -3,6 +3,7 @@
 impl="auto" picks by the default JAX backend: cpu -> xla (the references' math in blocks, see
 blocked.py), gpu -> triton, tpu -> mosaic. "reference" forces the spec itself.
 A forced impl that cannot run here raises; nothing ever falls back silently to another backend.
+Pages stored as bf16 bits (uint16, see common.bf16_view) reach the Pallas kernels as bf16.
 Kernel modules are imported only when chosen, so this package imports (and the reference runs)
 without a GPU or TPU toolchain. A Mosaic-GPU variant would be one more entry in _MODULES plus a
 file per kernel; callers would not change.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import importlib
 
 import jax
+
+from pallas_kernels.common import bf16_view
 
 IMPLS = ("auto", "reference", "xla", "triton", "mosaic")
 _AUTO = {"cpu": "xla", "gpu": "triton", "cuda": "triton", "tpu": "mosaic"}
@@ -59,6 +62,7 @@ def paged_decode_attention(q, k_pages, v_pages, block_tables, lengths, *, scale=
                   k_scales=k_scales, v_scales=v_scales)
     if chosen not in ("reference", "xla"):
         kwargs["interpret"] = interpret
+        k_pages, v_pages = bf16_view(k_pages), bf16_view(v_pages)
     return fn(q, k_pages, v_pages, block_tables, lengths, **kwargs)
 
 
@@ -84,4 +88,5 @@ def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_le
                   sliding_window=sliding_window, k_scales=k_scales, v_scales=v_scales)
     if chosen not in ("reference", "xla"):
         kwargs["interpret"] = interpret
+        k_pages, v_pages = bf16_view(k_pages), bf16_view(v_pages)
     return fn(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, **kwargs)

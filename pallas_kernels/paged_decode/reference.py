@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common import MASK_VALUE, check_options, check_pages, default_scale
+from pallas_kernels.common import MASK_VALUE, bf16_view, check_options, check_pages, default_scale
 
 # XLA:GPU runs f32 dots in TF32 by default; the spec must not.
 _EXACT = jax.lax.Precision.HIGHEST
@@ -19,7 +19,7 @@ def gather_pages(pages, block_tables, scales=None):
     """f32[B, M*S, K, D]: each row's pages in order, dequantized when scales are given."""
     rows, max_pages = block_tables.shape
     _, page_size, num_kv_heads, head_dim = pages.shape
-    kv = jnp.asarray(pages)[block_tables].astype(jnp.float32)     # [B, M, S, K, D]
+    kv = bf16_view(jnp.asarray(pages)[block_tables]).astype(jnp.float32)   # [B, M, S, K, D]
     if scales is not None:
         kv = kv * jnp.asarray(scales)[block_tables][:, :, None, :, None]   # f32[B, M, 1, K, 1]
     return kv.reshape(rows, max_pages * page_size, num_kv_heads, head_dim)
