@@ -41,6 +41,8 @@ _FLAG_KEYS = {
     "model": "model.source",
     "served_model_name": "model.served_model_name",
     "dtype": "model.dtype",
+    "matmul_dtype": "model.matmul_dtype",
+    "kv_cache_dtype": "cache.dtype",
     "max_model_len": "model.max_model_len",
     "page_size": "cache.page_size",
     "num_pages": "cache.num_pages",
@@ -105,6 +107,8 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (configs/*.yaml)")
     p.add_argument("--model", help="model.source: a known name, a .gguf file or a safetensors dir")
     p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--matmul-dtype", choices=["float32", "bfloat16"], help="model.matmul_dtype")
+    p.add_argument("--kv-cache-dtype", choices=["auto", "float32", "bfloat16"], help="cache.dtype")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--page-size", type=int)
     p.add_argument("--num-pages", type=int)

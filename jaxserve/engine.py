@@ -64,7 +64,8 @@ class Engine:
         self.runner = ModelRunner(arch, params, cache.num_pages, cache.page_size,
                                   jnp.dtype(config.model.dtype),
                                   AttentionOptions(config.kernel.attention_impl, config.kernel.interpret),
-                                  mesh=mesh)
+                                  mesh=mesh, bf16_matmuls=config.model.matmul_dtype == "bfloat16",
+                                  kv_dtype=jnp.dtype(config.model.dtype if cache.dtype == "auto" else cache.dtype))
         # Disaggregated prefill side: called with each sequence whose prompt is done and whose
         # first token is out; the callee copies its pages away and must release them here.
         self.handoff: Callable[[Sequence, IncrementalDetokenizer], None] | None = None

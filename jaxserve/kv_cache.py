@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxserve.model.arch import ModelArch
+from pallas_kernels.common import BF16_BITS
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["k", "v"], meta_fields=[])
@@ -37,9 +38,17 @@ class KVPages:
         return 2 * L * S * K * D * self.k.dtype.itemsize
 
 
+def storage_dtype(dtype) -> jnp.dtype:
+    """What a pool of `dtype` is held in: bfloat16 on a CPU as its uint16 bits (see
+    pallas_kernels.common.bf16_view for why), everything else as itself."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(BF16_BITS) if dtype == jnp.bfloat16 and jax.default_backend() == "cpu" else dtype
+
+
 def allocate_kv_pages(arch: ModelArch, num_pages: int, page_size: int, dtype, sharding=None) -> KVPages:
+    """Zeroed pools for K/V values of `dtype`, held in storage_dtype(dtype)."""
     shape = (arch.num_layers, num_pages, page_size, arch.num_kv_heads, arch.head_dim)
-    make = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+    make = jax.jit(lambda: jnp.zeros(shape, storage_dtype(dtype)), out_shardings=sharding)
     return KVPages(k=make(), v=make())
 
 
@@ -55,6 +64,8 @@ def write_kv(pool: jax.Array, layer: jax.Array, slots: jax.Array, new: jax.Array
       the pool with the rows written (in place under donation).
     """
     L, P, S, K, D = pool.shape
+    if pool.dtype == BF16_BITS:
+        new = jax.lax.bitcast_convert_type(new.astype(jnp.bfloat16), BF16_BITS)
     flat = pool.reshape(L * P * S, K, D)
     flat = flat.at[layer * (P * S) + slots].set(new.astype(pool.dtype), mode="promise_in_bounds")
     return flat.reshape(L, P, S, K, D)

@@ -17,7 +17,7 @@ import numpy as np
 from jaxserve.kv_cache import KVPages, allocate_kv_pages
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch
-from jaxserve.model.llama import forward
+from jaxserve.model.llama import forward, with_bf16_matmuls
 from jaxserve.sampling import SampleResult, SamplingArrays, sample
 from jaxserve.spec.verify import VerifyResult, verify
 
@@ -40,18 +40,25 @@ class CompileCounter:
 
 class ModelRunner:
     def __init__(self, arch: ModelArch, params, num_pages: int, page_size: int, dtype,
-                 opts: AttentionOptions, mesh=None):
-        """mesh: a jax.sharding.Mesh to shard params and pools over (tensor parallel); None: one device."""
+                 opts: AttentionOptions, mesh=None, bf16_matmuls: bool = False, kv_dtype=None):
+        """mesh: a jax.sharding.Mesh to shard params and pools over (tensor parallel); None: one device.
+
+        bf16_matmuls: the layers project in bfloat16 with f32 accumulation (see with_bf16_matmuls);
+          everything else keeps dtype.
+        kv_dtype: the KV cache's values; None: dtype.
+        """
         self.arch = arch
         self.mesh = mesh
         params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), params)
+        if bf16_matmuls and jnp.dtype(dtype) != jnp.bfloat16:
+            params = with_bf16_matmuls(params)
         if mesh is None:
             self.params = jax.tree_util.tree_map(jnp.asarray, params)
-            self.kv = allocate_kv_pages(arch, num_pages, page_size, dtype)
+            self.kv = allocate_kv_pages(arch, num_pages, page_size, kv_dtype or dtype)
         else:
             from jaxserve.sharding import kv_sharding, shard_params
             self.params = shard_params(params, mesh)
-            self.kv = allocate_kv_pages(arch, num_pages, page_size, dtype,
+            self.kv = allocate_kv_pages(arch, num_pages, page_size, kv_dtype or dtype,
                                         sharding=kv_sharding(mesh, arch.num_kv_heads))
         self.opts = opts
         self.compiles = CompileCounter()

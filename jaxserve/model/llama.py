@@ -47,6 +47,31 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+class Dense(nn.Module):
+    """x @ kernel (+ bias), kernel [in, out], in x's dtype.
+
+    A uint16 kernel holds bfloat16 bits (see with_bf16_layers): x is then multiplied in bf16 with
+    an f32 result, the fast form on CPUs with AVX512-BF16 and on tensor cores. The bits ride in
+    uint16 because XLA:CPU, given bf16 weights stacked for the layer scan, hoists an f32 copy of
+    all of them out of the loop and converts each layer's slice back, every step.
+    """
+
+    features: int
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        if kernel.dtype == jnp.uint16:
+            y = jnp.dot(x.astype(jnp.bfloat16), jax.lax.bitcast_convert_type(kernel, jnp.bfloat16),
+                        preferred_element_type=jnp.float32).astype(x.dtype)
+        else:
+            y = jnp.dot(x, kernel.astype(x.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
+        return y
+
+
 class DecoderLayer(nn.Module):
     """One pre-norm block. Takes and returns the KV pools it writes this step's K/V into."""
 
@@ -57,7 +82,7 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, k_pool, v_pool, layer, batch: ModelBatch):
         a = self.arch
         T = x.shape[0]
-        dense = lambda n, name, bias=False: nn.Dense(n, use_bias=bias, dtype=x.dtype, name=name)
+        dense = lambda n, name, bias=False: Dense(n, use_bias=bias, name=name)
 
         h = RMSNorm(a.rms_norm_eps, name="attn_norm")(x)
         q = dense(a.num_heads * a.head_dim, "wq", a.qkv_bias)(h).reshape(T, a.num_heads, a.head_dim)
@@ -102,6 +127,19 @@ def forward(params: Params, kv: KVPages, batch: ModelBatch, *, arch: ModelArch,
     head = params["lm_head"] if "lm_head" in params else embed   # [V, E]
     logits = jnp.einsum("ne,ve->nv", h, head, preferred_element_type=jnp.float32)
     return logits, KVPages(k=k_pool, v=v_pool)
+
+
+def with_bf16_matmuls(params: Params) -> Params:
+    """The layers' projection kernels rounded to bfloat16 and held as their uint16 bits (see Dense).
+
+    Activations, norms, the KV cache, embeddings and the LM head keep their dtype. Takes and
+    returns host (numpy) params.
+    """
+    def lower(path, leaf):
+        if getattr(path[-1], "key", None) != "kernel":
+            return leaf
+        return np.asarray(leaf, np.float32).astype(jnp.bfloat16).view(np.uint16)
+    return {**params, "layers": jax.tree_util.tree_map_with_path(lower, params["layers"])}
 
 
 def init_random_params(arch: ModelArch, key: jax.Array, dtype=jnp.float32) -> Params:
