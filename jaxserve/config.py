@@ -52,7 +52,7 @@ class CacheConfig:
 @dataclass(frozen=True, kw_only=True)
 class SchedulerConfig:
     max_num_seqs: int = 32                 # sequences decoding at once
-    max_num_batched_tokens: int = 512      # token budget of one step (prefill chunks + decodes)
+    max_num_batched_tokens: int = 512      # token budget of a step's decodes (with drafts), and of its prefill chunks
     max_waiting: int = 1024                # queue length past which new requests are refused (HTTP 429)
     max_prefill_seqs: int = 2              # sequences sharing one prefill step (each gets a full query window)
     decode_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)   # padded decode batch sizes

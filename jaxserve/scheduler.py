@@ -4,7 +4,7 @@ Every step (continuous batching):
   1. each running sequence with one pending token gets a decode slot; if its next token starts a
      new page and none is free, the newest running sequence is preempted (pages released, K/V to
      be recomputed later; its output so far is kept, so it resumes exactly where it was);
-  2. what is left of the budget goes to prefill chunks: first sequences part-way through their
+  2. a budget of its own goes to prefill chunks: first sequences part-way through their
      prompt, then waiting sequences (preempted ones first), which look their prompt's full pages
      up in the prefix cache before anything is computed.
 update() then appends sampled tokens, publishes newly filled pages to the prefix cache and
@@ -109,6 +109,11 @@ class Scheduler:
             plan.spec_lens.append(k)
             budget -= 1 + k
 
+        # Decodes and prefill chunks run as separate model calls, and the prefill call is padded
+        # to a bucket anyway: letting decodes shrink the prefill budget would only split prompts
+        # into odd chunks (a 512-token prompt beside 32 decodes: 480 + 32 tokens, two rows in
+        # the next step) and pad the rest, costing compute without shortening any step.
+        budget = self.cfg.max_num_batched_tokens
         for seq in list(self.running):
             if budget == 0 or len(plan.prefills) == self.max_prefill_seqs:
                 break
