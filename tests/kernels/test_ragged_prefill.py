@@ -22,6 +22,9 @@ CASES = [
     AttentionCase("int8-f32q-gqa1-d128-window", SEQS, 1, 1, 128, 16, 2, "int8",
                   options=(("sliding_window", 11), ("scale", 0.05)), seed=4),
     AttentionCase("f32-single-token", ((1, 1),), 4, 2, 64, 4, 1, "float32", seed=5),
+    # bf16 cache under an f32 model (jaxserve's CPU config), chunks longer than a page.
+    AttentionCase("bf16kv-f32q-gqa3-long", ((40, 40), (20, 50), (1, 9)), 6, 2, 64, 16, 4,
+                  "bfloat16", "float32", seed=6),
 ] + [random_case(seed, decode=False) for seed in range(3)]
 
 
