@@ -20,6 +20,7 @@ import numpy as np
 from jaxserve.kv_cache import KVPages, write_kv
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch, paged_attention
+from pallas_kernels.common import BF16_BITS
 
 Params = dict[str, Any]
 
@@ -50,7 +51,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 class Dense(nn.Module):
     """x @ kernel (+ bias), kernel [in, out], in x's dtype.
 
-    A uint16 kernel holds bfloat16 bits (see with_bf16_layers): x is then multiplied in bf16 with
+    A uint16 kernel holds bfloat16 bits (see with_bf16_matmuls): x is then multiplied in bf16 with
     an f32 result, the fast form on CPUs with AVX512-BF16 and on tensor cores. The bits ride in
     uint16 because XLA:CPU, given bf16 weights stacked for the layer scan, hoists an f32 copy of
     all of them out of the loop and converts each layer's slice back, every step.
@@ -62,7 +63,7 @@ class Dense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-        if kernel.dtype == jnp.uint16:
+        if kernel.dtype == BF16_BITS:
             y = jnp.dot(x.astype(jnp.bfloat16), jax.lax.bitcast_convert_type(kernel, jnp.bfloat16),
                         preferred_element_type=jnp.float32).astype(x.dtype)
         else:
@@ -138,7 +139,7 @@ def with_bf16_matmuls(params: Params) -> Params:
     def lower(path, leaf):
         if getattr(path[-1], "key", None) != "kernel":
             return leaf
-        return np.asarray(leaf, np.float32).astype(jnp.bfloat16).view(np.uint16)
+        return np.asarray(leaf, np.float32).astype(jnp.bfloat16).view(BF16_BITS)
     return {**params, "layers": jax.tree_util.tree_map_with_path(lower, params["layers"])}
 
 
