@@ -65,7 +65,7 @@ class Engine:
                                   jnp.dtype(config.model.dtype),
                                   AttentionOptions(config.kernel.attention_impl, config.kernel.interpret),
                                   mesh=mesh, bf16_matmuls=config.model.matmul_dtype == "bfloat16",
-                                  kv_dtype=jnp.dtype(config.model.dtype if cache.dtype == "auto" else cache.dtype))
+                                  kv_dtype=None if cache.dtype == "auto" else jnp.dtype(cache.dtype))
         # Disaggregated prefill side: called with each sequence whose prompt is done and whose
         # first token is out; the callee copies its pages away and must release them here.
         self.handoff: Callable[[Sequence, IncrementalDetokenizer], None] | None = None

@@ -45,7 +45,7 @@ class ModelRunner:
 
         bf16_matmuls: the layers project in bfloat16 with f32 accumulation (see with_bf16_matmuls);
           everything else keeps dtype.
-        kv_dtype: the KV cache's values; None: dtype.
+        kv_dtype: the KV cache's values; None (cache.dtype: auto): dtype.
         """
         self.arch = arch
         self.mesh = mesh
