@@ -68,14 +68,16 @@ def paged_decode_attention(q, k_pages, v_pages, block_tables, lengths, *, scale=
 
 def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, *,
                              max_q_len: int, scale=None, soft_cap=None, sliding_window=None,
-                             k_scales=None, v_scales=None, impl: str = "auto",
-                             interpret: bool = False):
+                             k_scales=None, v_scales=None, k_new=None, v_new=None,
+                             impl: str = "auto", interpret: bool = False):
     """Ragged causal prefill attention on the chosen backend; see ragged_prefill/reference.py.
 
     Args:
       q: [T, H, D]; k_pages, v_pages: [P, S, K, D]; block_tables: i32[N, M];
       cu_q_lens: i32[N+1]; kv_lens: i32[N]; max_q_len: static bound on chunk lengths.
       scale, soft_cap, sliding_window, k_scales, v_scales: see the reference.
+      k_new, v_new: optional [T, K, D], the step's own K/V (already in the pages). The xla
+        backend reads a lone uncached chunk from them instead of the pages; others ignore them.
       impl: auto | reference | xla | triton | mosaic.
       interpret: run a Pallas kernel in interpret mode (any platform; slow, for tests).
 
@@ -86,6 +88,8 @@ def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_le
     fn = _kernel_module("ragged_prefill", chosen).ragged_prefill_attention
     kwargs = dict(max_q_len=max_q_len, scale=scale, soft_cap=soft_cap,
                   sliding_window=sliding_window, k_scales=k_scales, v_scales=v_scales)
+    if chosen == "xla":
+        kwargs.update(k_new=k_new, v_new=v_new)
     if chosen not in ("reference", "xla"):
         kwargs["interpret"] = interpret
         k_pages, v_pages = bf16_view(k_pages), bf16_view(v_pages)

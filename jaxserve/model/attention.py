@@ -40,9 +40,13 @@ class AttentionOptions:
     interpret: bool = False
 
 
-def paged_attention(q: jax.Array, k_pool: jax.Array, v_pool: jax.Array, layer: jax.Array,
-                    batch: ModelBatch, opts: AttentionOptions) -> jax.Array:
-    """q: [T, H, D]; pools: [L, P, S, K, D] holding this step's K/V already. Returns [T, H, D]."""
+def paged_attention(q: jax.Array, k: jax.Array, v: jax.Array, k_pool: jax.Array,
+                    v_pool: jax.Array, layer: jax.Array, batch: ModelBatch,
+                    opts: AttentionOptions) -> jax.Array:
+    """q: [T, H, D]; k, v: [T, K, D] this step's, which the pools [L, P, S, K, D] already hold.
+
+    Returns [T, H, D]. A backend may read a prefill's fresh K/V from k, v instead of the pages.
+    """
     num_pages = k_pool.shape[1]
     k_pages, v_pages = layer_view(k_pool), layer_view(v_pool)
     tables = batch.block_tables + layer * num_pages
@@ -51,4 +55,4 @@ def paged_attention(q: jax.Array, k_pool: jax.Array, v_pool: jax.Array, layer: j
             q, k_pages, v_pages, tables, batch.kv_lens, impl=opts.impl, interpret=opts.interpret)
     return pallas_kernels.ragged_prefill_attention(
         q, k_pages, v_pages, tables, batch.cu_q_lens, batch.kv_lens, max_q_len=batch.max_q_len,
-        impl=opts.impl, interpret=opts.interpret)
+        k_new=k, v_new=v, impl=opts.impl, interpret=opts.interpret)

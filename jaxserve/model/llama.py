@@ -93,7 +93,7 @@ class DecoderLayer(nn.Module):
         k = rope(k, batch.positions, a.rope_theta)
         k_pool = write_kv(k_pool, layer, batch.slots, k)
         v_pool = write_kv(v_pool, layer, batch.slots, v)
-        attn = paged_attention(q, k_pool, v_pool, layer, batch, self.opts)          # [T, H, D]
+        attn = paged_attention(q, k, v, k_pool, v_pool, layer, batch, self.opts)    # [T, H, D]
         x = x + dense(a.hidden_size, "wo")(attn.reshape(T, -1).astype(x.dtype))
 
         h = RMSNorm(a.rms_norm_eps, name="mlp_norm")(x)

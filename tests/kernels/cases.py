@@ -172,3 +172,22 @@ def prefill_args(case: AttentionCase, padding_tokens: int = 3):
     args = (q, pool.k_pages, pool.v_pages, jnp.asarray(pool.block_tables), jnp.asarray(cu), kv_lens)
     kwargs = dict(pool.kv_args(), max_q_len=max(max(q_lens), 1), **dict(case.options))
     return args, kwargs
+
+
+def chunk_kv(args) -> tuple[np.ndarray, np.ndarray]:
+    """f32[T, K, D] K and V of each prefill row (the step's own K/V), read back from the pages;
+    padding rows get random finite values, as a padded step computes for them."""
+    _, k_pages, v_pages, block_tables, cu, kv_lens = (np.asarray(a, np.float32) if i in (1, 2)
+                                                      else np.asarray(a) for i, a in enumerate(args))
+    num_tokens = args[0].shape[0]
+    page_size = k_pages.shape[1]
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((num_tokens, *k_pages.shape[2:])).astype(np.float32)
+    v = rng.standard_normal(k.shape).astype(np.float32)
+    for n in range(len(kv_lens)):
+        first = kv_lens[n] - (cu[n + 1] - cu[n])           # position of the chunk's first token
+        for row in range(cu[n], cu[n + 1]):
+            pos = first + row - cu[n]
+            page = block_tables[n, pos // page_size]
+            k[row], v[row] = k_pages[page, pos % page_size], v_pages[page, pos % page_size]
+    return k, v

@@ -2,12 +2,13 @@
 one-token chunks, padding sequences and tokens, GQA ratios, dtypes and options."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import pallas_kernels
 from pallas_kernels.ragged_prefill import reference
-from tests.kernels.cases import TOLERANCE, AttentionCase, prefill_args, random_case
+from tests.kernels.cases import TOLERANCE, AttentionCase, chunk_kv, prefill_args, random_case
 from tests.kernels.conftest import KERNEL_MODES
 
 # (q_len, kv_len): whole prompt of one page + 1, chunk after a cached prefix spanning pages,
@@ -67,3 +68,56 @@ def test_xla_prefill_blocks_cross_pages_and_chunks(kv_block_tokens, q_block, cas
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, np.asarray(ref, np.float32), **TOLERANCE[case.q_dtype])
     np.testing.assert_array_equal(out[int(args[4][-1]):], 0)
+
+
+# Lone chunks with no cached prefix: the xla backend reads these from k_new/v_new, not the pages.
+FRESH_CASES = [
+    AttentionCase("fresh-f32-gqa3", ((37, 37),), 6, 2, 64, 8, 6, "float32", seed=7),
+    AttentionCase("fresh-bf16kv-f32q-gqa3", ((40, 40),), 9, 3, 64, 16, 3, "bfloat16", seed=8),
+    AttentionCase("fresh-bf16-one-token", ((1, 1),), 4, 1, 128, 4, 1, "bfloat16", "bfloat16", seed=9),
+]
+
+
+@pytest.mark.parametrize("q_block", [4, 128])
+@pytest.mark.parametrize("case", FRESH_CASES, ids=str)
+def test_xla_prefill_fresh_chunk_reads_the_steps_kv_not_pages(q_block, case):
+    """With the pages all NaN, the result still equals the reference on the real pages: the
+    chunk's keys and values came from k_new/v_new, and only up to each query's diagonal."""
+    from pallas_kernels.ragged_prefill import xla
+    args, kwargs = prefill_args(case)
+    k_new, v_new = chunk_kv(args)
+    ref = np.asarray(reference.ragged_prefill_attention(*args, **kwargs), np.float32)
+    nan_pages = jnp.full(args[1].shape, jnp.nan, args[1].dtype)
+    out = xla.ragged_prefill_attention(args[0], nan_pages, nan_pages, *args[3:], **kwargs,
+                                       q_block=q_block, k_new=k_new, v_new=v_new)
+    out = np.asarray(out, np.float32)
+    np.testing.assert_allclose(out, ref, **TOLERANCE[case.q_dtype])
+    np.testing.assert_array_equal(out[int(args[4][-1]):], 0)
+
+
+def test_xla_prefill_fresh_chunk_rounds_to_the_pool_dtype():
+    """k_new/v_new in f32 beside a bf16 pool: the fresh path rounds them as the pages were
+    rounded, so it gives the reference's result on those pages (not a more exact one)."""
+    from pallas_kernels.ragged_prefill import xla
+    case = FRESH_CASES[1]
+    args, kwargs = prefill_args(case)
+    k_new, v_new = chunk_kv(args)
+    nudge = lambda x: x * np.float32(1 + 2e-4)      # well below bf16's half-ulp (2**-9)
+    ref = np.asarray(reference.ragged_prefill_attention(*args, **kwargs), np.float32)
+    out = xla.ragged_prefill_attention(*args, **kwargs, k_new=nudge(k_new), v_new=nudge(v_new))
+    # Unrounded, the nudge would move outputs by ~1e-4, five times this tolerance.
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, **TOLERANCE["float32"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_xla_prefill_given_the_steps_kv_still_matches_reference(case):
+    """Chunks after a cached prefix, several sequences, windows, caps and int8 pools take the
+    paged path even when the step's K/V are offered; lone fresh chunks take the fresh one."""
+    from pallas_kernels.ragged_prefill import xla
+    args, kwargs = prefill_args(case)
+    k_new, v_new = chunk_kv(args)
+    out = np.asarray(xla.ragged_prefill_attention(*args, **kwargs, k_new=k_new, v_new=v_new),
+                     np.float32)
+    ref = np.asarray(reference.ragged_prefill_attention(*args, **kwargs), np.float32)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, **TOLERANCE[case.q_dtype])
