@@ -19,7 +19,7 @@ import yaml
 class ModelConfig:
     source: str = "smollm2-135m-instruct-q4_1"  # a known name, a .gguf file or a safetensors directory
     dtype: str = "float32"                       # parameter and activation dtype: float32 | bfloat16
-    # The layers' projections (q/k/v/o, MLP): float32, or bfloat16 inputs with f32 accumulation
+    # The projections (q/k/v/o, MLP, LM head): float32, or bfloat16 inputs with f32 accumulation
     # while activations, norms, attention and the KV cache keep `dtype` (about 2x faster GEMMs
     # on CPUs with AVX512-BF16; weights rounded to bf16, as llama.cpp rounds activations to 8 bits).
     matmul_dtype: str = "float32"

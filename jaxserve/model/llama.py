@@ -126,21 +126,27 @@ def forward(params: Params, kv: KVPages, batch: ModelBatch, *, arch: ModelArch,
     h = jnp.take(x, batch.logits_indices, axis=0)                # [N, E]
     h = RMSNorm(arch.rms_norm_eps).apply({"params": params["final_norm"]}, h)
     head = params["lm_head"] if "lm_head" in params else embed   # [V, E]
-    logits = jnp.einsum("ne,ve->nv", h, head, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("ne,ve->nv", h.astype(head.dtype), head, preferred_element_type=jnp.float32)
     return logits, KVPages(k=k_pool, v=v_pool)
 
 
 def with_bf16_matmuls(params: Params) -> Params:
-    """The layers' projection kernels rounded to bfloat16 and held as their uint16 bits (see Dense).
+    """Projections in bfloat16: the layers' kernels rounded and held as their uint16 bits (see
+    Dense), and the LM head as a bf16 array of its own (for tied embeddings, a rounded copy).
 
-    Activations, norms, the KV cache, embeddings and the LM head keep their dtype. Takes and
-    returns host (numpy) params.
+    The head lies outside the layer loop, so plain bf16 is safe there; in f32 it was about a
+    tenth of a 2-row decode step. Activations, norms, the embedding lookup and the KV cache
+    keep their dtype. Takes and returns host (numpy) params.
     """
     def lower(path, leaf):
         if getattr(path[-1], "key", None) != "kernel":
             return leaf
         return np.asarray(leaf, np.float32).astype(jnp.bfloat16).view(BF16_BITS)
-    return {**params, "layers": jax.tree_util.tree_map_with_path(lower, params["layers"])}
+    low = {**params, "layers": jax.tree_util.tree_map_with_path(lower, params["layers"])}
+    head = params.get("lm_head", params.get("embed"))
+    if head is not None:
+        low["lm_head"] = np.asarray(head, np.float32).astype(jnp.bfloat16)
+    return low
 
 
 def init_random_params(arch: ModelArch, key: jax.Array, dtype=jnp.float32) -> Params:

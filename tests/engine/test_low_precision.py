@@ -37,13 +37,32 @@ def test_bf16_dense_multiplies_rounded_weights_in_f32():
     assert not np.allclose(np.asarray(y), np.asarray(x @ w), rtol=0, atol=1e-6)
 
 
-def test_with_bf16_matmuls_touches_only_layer_kernels():
+def test_with_bf16_matmuls_touches_only_layer_kernels_and_the_head():
     params = jax.tree_util.tree_map(np.asarray, init_random_params(tiny_arch(), jax.random.PRNGKey(0)))
+    assert "lm_head" not in params                      # tied: the head is the embedding
     low = with_bf16_matmuls(params)
     for path, leaf in jax.tree_util.tree_flatten_with_path(low)[0]:
         keys = [k.key for k in path]
         is_kernel = keys[0] == "layers" and keys[-1] == "kernel"
-        assert leaf.dtype == (np.uint16 if is_kernel else np.float32), keys
+        expected = np.uint16 if is_kernel else jnp.bfloat16 if keys == ["lm_head"] else np.float32
+        assert leaf.dtype == expected, keys
+    np.testing.assert_array_equal(low["lm_head"], params["embed"].astype(jnp.bfloat16))
+    np.testing.assert_array_equal(low["embed"], params["embed"])   # the lookup stays f32
+
+
+def test_bf16_head_gives_bf16_logits_products():
+    """The step's logits are the bf16-rounded final hidden state times the bf16 head."""
+    arch = tiny_arch()
+    params = init_random_params(arch, jax.random.PRNGKey(0))
+    f32 = ModelRunner(arch, params, 64, 16, jnp.float32, AttentionOptions("xla"))
+    low = ModelRunner(arch, params, 64, 16, jnp.float32, AttentionOptions("xla"), bf16_matmuls=True)
+    low.params = {**low.params, "layers": f32.params["layers"]}   # only the head differs now
+    batch = _decode_batch(2, 4)
+    logits_f32, _ = f32._model_step(f32.params, f32.kv, batch)
+    logits_low, _ = low._model_step(low.params, low.kv, batch)
+    assert logits_low.dtype == jnp.float32
+    diff = np.abs(np.asarray(logits_low) - np.asarray(logits_f32))
+    assert 0 < diff.max() < 0.05 * np.abs(np.asarray(logits_f32)).max()
 
 
 def test_bf16_pool_on_cpu_holds_bits_that_round_trip():
