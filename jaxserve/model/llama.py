@@ -126,7 +126,13 @@ def forward(params: Params, kv: KVPages, batch: ModelBatch, *, arch: ModelArch,
     h = jnp.take(x, batch.logits_indices, axis=0)                # [N, E]
     h = RMSNorm(arch.rms_norm_eps).apply({"params": params["final_norm"]}, h)
     head = params["lm_head"] if "lm_head" in params else embed   # [V, E]
+    rows = h.shape[0]
+    if head.dtype == jnp.bfloat16 and rows == 1:
+        # XLA:CPU turns a one-row bf16 product into a conversion of the whole head to f32
+        # (36 ms for SmolLM2) and an f32 one; from two rows up it multiplies in bf16.
+        h = jnp.pad(h, ((0, 1), (0, 0)))
     logits = jnp.einsum("ne,ve->nv", h.astype(head.dtype), head, preferred_element_type=jnp.float32)
+    logits = logits[:rows]
     return logits, KVPages(k=k_pool, v=v_pool)
 
 

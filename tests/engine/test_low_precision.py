@@ -118,3 +118,25 @@ def test_smollm2_bf16_matches_f32_greedy_text(smollm):
     assert low.engine.runner.kv.k.dtype == BF16_BITS
     got = [o.outputs[0].token_ids for o in low.generate(STABLE_PROMPTS, params, use_tqdm=False)]
     assert got == expected
+
+
+def _one_row_prefill(tokens: int) -> ModelBatch:
+    return ModelBatch(tokens=np.ones(tokens, np.int32), positions=np.arange(tokens, dtype=np.int32),
+                      slots=np.arange(tokens, dtype=np.int32) + 16,
+                      block_tables=np.arange(1, 3, dtype=np.int32)[None], kv_lens=np.array([tokens], np.int32),
+                      cu_q_lens=np.array([0, tokens], np.int32), logits_indices=np.array([tokens - 1], np.int32),
+                      mode="prefill", max_q_len=tokens)
+
+
+def test_one_row_logits_do_not_convert_the_bf16_head_to_f32():
+    """A prefill needs logits for one row; XLA:CPU would make that an f32 product over a
+    converted copy of the whole head (36 ms a step for SmolLM2) unless the row is padded."""
+    arch = tiny_arch()
+    runner = ModelRunner(arch, init_random_params(arch, jax.random.PRNGKey(0)), 64, 16, jnp.float32,
+                         AttentionOptions("xla"), bf16_matmuls=True)
+    hlo = runner._model_step.lower(runner.params, runner.kv, _one_row_prefill(16)).compile().as_text()
+    head_f32 = "f32[" + ",".join(map(str, runner.params["lm_head"].shape)) + "]"
+    made = [line for line in hlo.splitlines() if f"= {head_f32}" in line and "parameter(" not in line]
+    assert not made, made
+    logits, _ = runner._model_step(runner.params, runner.kv, _one_row_prefill(16))
+    assert logits.shape == (1, arch.vocab_size)
