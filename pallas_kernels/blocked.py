@@ -18,10 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common import MASK_VALUE
+from pallas_kernels.common import EXACT, MASK_VALUE
 from pallas_kernels.paged_decode.reference import gather_pages
-
-_EXACT = jax.lax.Precision.HIGHEST   # as in the references: no TF32 if this ever runs on a GPU
 
 KV_BLOCK_TOKENS = 128   # keys per loop step: [N, 128, K, D] f32 is 3 MB for 32 SmolLM2 rows
 Q_BLOCK = 128           # queries per causal block of a long prefill window
@@ -94,7 +92,7 @@ def _one_query_block(q, q_pos, q_valid, k_pages, v_pages, tables, kv_lens, pages
         k = gather_pages(k_pages, pages, k_scales)                   # f32[N, C, K, D]
         v = gather_pages(v_pages, pages, v_scales)
         s = jnp.einsum("nqkgd,nckd->nkgqc", q, k, preferred_element_type=jnp.float32,
-                       precision=_EXACT)
+                       precision=EXACT)
         if soft_cap is not None:
             s = soft_cap * jnp.tanh(s / soft_cap)
         kv_pos = i * block + jnp.arange(block)                          # i32[C]
@@ -110,7 +108,7 @@ def _one_query_block(q, q_pos, q_valid, k_pages, v_pages, tables, kv_lens, pages
         seen = (kv_pos[None, :] < kv_lens[:, None])[:, :, None, None]
         v = jnp.where(seen, v, 0.0)                                     # 0 * NaN would be NaN
         acc = acc * alpha[..., None] + jnp.einsum(
-            "nkgqc,nckd->nkgqd", p, v, preferred_element_type=jnp.float32, precision=_EXACT)
+            "nkgqc,nckd->nkgqd", p, v, preferred_element_type=jnp.float32, precision=EXACT)
         return m_new, l * alpha + p.sum(axis=-1), acc
 
     init = (jnp.full((rows, num_kv_heads, group, qb), MASK_VALUE, jnp.float32),

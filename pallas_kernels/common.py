@@ -17,6 +17,10 @@ import jax.numpy as jnp
 # with jnp.where, because unused pages may hold NaN and 0 * NaN is NaN.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
+# f32 dots at full precision: XLA:GPU (and interpret mode on a GPU) would otherwise run them
+# in TF32. The references, the XLA path and the Mosaic kernels all multiply with this.
+EXACT = jax.lax.Precision.HIGHEST
+
 # The Triton decode kernel computes its softmax in base 2 (exp2 is one instruction, exp a libdevice
 # call): logits are multiplied by log2(e) first, which leaves the normalized probabilities unchanged.
 LOG2E = math.log2(math.e)

@@ -23,10 +23,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.common import MASK_VALUE, check_options, check_pages, default_scale
-
-# f32 dots without TF32 (interpret mode on a GPU would otherwise use it).
-_EXACT = jax.lax.Precision.HIGHEST
+from pallas_kernels.common import EXACT, MASK_VALUE, check_options, check_pages, default_scale
 
 
 def _page_window(b, lengths_ref, page_size, sliding_window):
@@ -79,7 +76,7 @@ def _decode_kernel(
             v = jnp.where(valid.T, v, 0.0)                   # unused slots may hold NaN
             logits = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
                                          preferred_element_type=jnp.float32,
-                                         precision=_EXACT) * scale
+                                         precision=EXACT) * scale
             if soft_cap is not None:
                 logits = soft_cap * jnp.tanh(logits / soft_cap)
             logits = jnp.where(valid, logits, MASK_VALUE)
@@ -89,7 +86,7 @@ def _decode_kernel(
             alpha = jnp.exp(m_prev - m_new)
             l_ref[heads, :] = alpha * l_ref[heads, :] + p.sum(axis=1, keepdims=True)
             acc_ref[heads, :] = alpha * acc_ref[heads, :] + jnp.dot(
-                p, v, preferred_element_type=jnp.float32, precision=_EXACT)
+                p, v, preferred_element_type=jnp.float32, precision=EXACT)
             m_ref[heads, :] = m_new
 
     @pl.when(j == pl.num_programs(1) - 1)

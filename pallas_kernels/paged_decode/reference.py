@@ -9,10 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common import MASK_VALUE, bf16_view, check_options, check_pages, default_scale
-
-# XLA:GPU runs f32 dots in TF32 by default; the spec must not.
-_EXACT = jax.lax.Precision.HIGHEST
+from pallas_kernels.common import (EXACT, MASK_VALUE, bf16_view, check_options, check_pages,
+                                   default_scale)
 
 
 def gather_pages(pages, block_tables, scales=None):
@@ -66,7 +64,7 @@ def paged_decode_attention(
     v = gather_pages(v_pages, block_tables, v_scales)        # f32[B, C, K, D]
     qg = q.astype(jnp.float32).reshape(batch, num_kv_heads, group, head_dim)
     logits = jnp.einsum("bkgd,bckd->bkgc", qg, k, preferred_element_type=jnp.float32,
-                        precision=_EXACT) * scale
+                        precision=EXACT) * scale
     if soft_cap is not None:
         logits = soft_cap * jnp.tanh(logits / soft_cap)
 
@@ -83,6 +81,6 @@ def paged_decode_attention(
     denom = probs.sum(axis=-1, keepdims=True)                # f32[B, K, G, 1]
     v = jnp.where(valid[:, 0, 0, :, None, None], v, 0.0)     # 0 * NaN would still be NaN
     out = jnp.einsum("bkgc,bckd->bkgd", probs, v, preferred_element_type=jnp.float32,
-                        precision=_EXACT)
+                        precision=EXACT)
     out = jnp.where(denom > 0, out / jnp.where(denom > 0, denom, 1.0), 0.0)
     return out.reshape(batch, num_heads, head_dim).astype(q.dtype)

@@ -22,13 +22,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.common import MASK_VALUE, check_options, check_pages, default_scale
+from pallas_kernels.common import EXACT, MASK_VALUE, check_options, check_pages, default_scale
 from pallas_kernels.ragged_prefill.reference import check_ragged, token_rows
 
 _BLOCK_Q = 32   # query rows per program; the window is padded to a multiple of it
-
-# f32 dots without TF32 (interpret mode on a GPU would otherwise use it).
-_EXACT = jax.lax.Precision.HIGHEST
 
 
 def _page_range(n, qb, cu_ref, kv_lens_ref, page_size, block_q, sliding_window):
@@ -89,7 +86,7 @@ def _prefill_kernel(
             q = q_ref[:, h, :].astype(jnp.float32)                         # [BQ, D]
             logits = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())),
                                          preferred_element_type=jnp.float32,
-                                         precision=_EXACT) * scale
+                                         precision=EXACT) * scale
             if soft_cap is not None:
                 logits = soft_cap * jnp.tanh(logits / soft_cap)
             logits = jnp.where(valid, logits, MASK_VALUE)
@@ -99,7 +96,7 @@ def _prefill_kernel(
             alpha = jnp.exp(m_prev - m_new)
             l_ref[h] = alpha * l_ref[h] + p.sum(axis=1, keepdims=True)
             acc_ref[h] = alpha * acc_ref[h] + jnp.dot(p, v, preferred_element_type=jnp.float32,
-                                                         precision=_EXACT)
+                                                         precision=EXACT)
             m_ref[h] = m_new
 
     @pl.when(j == pl.num_programs(2) - 1)

@@ -14,11 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.common import MASK_VALUE, check_options, check_pages, default_scale
+from pallas_kernels.common import EXACT, MASK_VALUE, check_options, check_pages, default_scale
 from pallas_kernels.paged_decode.reference import gather_pages
-
-# XLA:GPU runs f32 dots in TF32 by default; the spec must not.
-_EXACT = jax.lax.Precision.HIGHEST
 
 
 def check_ragged(q, block_tables, cu_q_lens, kv_lens, max_q_len: int) -> None:
@@ -91,7 +88,7 @@ def ragged_prefill_attention(
         k = gather_pages(k_pages, pages[None], None if k_scales is None else k_scales)[0]
         v = gather_pages(v_pages, pages[None], None if v_scales is None else v_scales)[0]
         logits = jnp.einsum("qkgd,ckd->kgqc", qs, k, preferred_element_type=jnp.float32,
-                        precision=_EXACT) * scale
+                        precision=EXACT) * scale
         if soft_cap is not None:
             logits = soft_cap * jnp.tanh(logits / soft_cap)
 
@@ -108,7 +105,7 @@ def ragged_prefill_attention(
         denom = probs.sum(axis=-1, keepdims=True)            # f32[K, G, Q, 1]
         v = jnp.where((kv_pos < kv_len)[:, None, None], v, 0.0)   # 0 * NaN would still be NaN
         out = jnp.einsum("kgqc,ckd->qkgd", probs, v, preferred_element_type=jnp.float32,
-                        precision=_EXACT)
+                        precision=EXACT)
         denom = jnp.moveaxis(denom, 2, 0)                    # f32[Q, K, G, 1]
         out = jnp.where(denom > 0, out / jnp.where(denom > 0, denom, 1.0), 0.0)
         return out.reshape(max_q_len, num_heads, head_dim)

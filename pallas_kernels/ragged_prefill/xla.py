@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.blocked import KV_BLOCK_TOKENS, Q_BLOCK, windowed_attention
-from pallas_kernels.common import BF16_BITS, MASK_VALUE, check_options, check_pages, default_scale
+from pallas_kernels.common import (BF16_BITS, EXACT, MASK_VALUE, check_options, check_pages,
+                                   default_scale)
 from pallas_kernels.ragged_prefill.reference import check_ragged, token_rows
-
-_EXACT = jax.lax.Precision.HIGHEST   # as in the reference: no TF32 if this ever runs on a GPU
 
 
 def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, *,
@@ -66,13 +65,13 @@ def _fresh_chunk(q, k, v, q_len, scale, q_block):
         def block(start=start, end=end):
             # Keys [0, end): those past the diagonal are masked, never those a later block needs.
             s = jnp.einsum("qkgd,ckd->kgqc", qg[start:end], k[:end],
-                           preferred_element_type=jnp.float32, precision=_EXACT)
+                           preferred_element_type=jnp.float32, precision=EXACT)
             valid = (row[None, :end] <= row[start:end, None]) & (row[start:end, None] < q_len)
             s = jnp.where(valid, s, MASK_VALUE)
             p = jnp.where(valid, jnp.exp(s - s.max(axis=-1, keepdims=True)), 0.0)
             l = p.sum(axis=-1)                                              # [K, G, Qb]
             o = jnp.einsum("kgqc,ckd->kgqd", p, v[:end], preferred_element_type=jnp.float32,
-                           precision=_EXACT)
+                           precision=EXACT)
             o = jnp.where(l[..., None] > 0, o / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
             return jnp.moveaxis(o, 2, 0).reshape(end - start, num_heads, head_dim)
 

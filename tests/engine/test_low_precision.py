@@ -51,7 +51,8 @@ def test_with_bf16_matmuls_touches_only_layer_kernels_and_the_head():
 
 
 def test_bf16_head_gives_bf16_logits_products():
-    """The step's logits are the bf16-rounded final hidden state times the bf16 head."""
+    """With only the head in bf16, the step's logits move off the f32 ones (so the bf16 head is
+    the one multiplied), by a bounded amount."""
     arch = tiny_arch()
     params = init_random_params(arch, jax.random.PRNGKey(0))
     f32 = ModelRunner(arch, params, 64, 16, jnp.float32, AttentionOptions("xla"))

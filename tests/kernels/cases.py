@@ -177,9 +177,10 @@ def prefill_args(case: AttentionCase, padding_tokens: int = 3):
 def chunk_kv(args) -> tuple[np.ndarray, np.ndarray]:
     """f32[T, K, D] K and V of each prefill row (the step's own K/V), read back from the pages;
     padding rows get random finite values, as a padded step computes for them."""
-    _, k_pages, v_pages, block_tables, cu, kv_lens = (np.asarray(a, np.float32) if i in (1, 2)
-                                                      else np.asarray(a) for i, a in enumerate(args))
-    num_tokens = args[0].shape[0]
+    q, k_pages, v_pages, block_tables, cu, kv_lens = args
+    k_pages, v_pages = np.asarray(k_pages, np.float32), np.asarray(v_pages, np.float32)
+    block_tables, cu, kv_lens = np.asarray(block_tables), np.asarray(cu), np.asarray(kv_lens)
+    num_tokens = q.shape[0]
     page_size = k_pages.shape[1]
     rng = np.random.default_rng(0)
     k = rng.standard_normal((num_tokens, *k_pages.shape[2:])).astype(np.float32)
