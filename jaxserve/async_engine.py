@@ -18,9 +18,12 @@ of a request:
      still waits in the inbox (the engine thread is busy in a step) has a cancelled ack; the
      engine thread then skips the add instead of setting that ack (which would raise and kill it).
 
-If the engine thread dies, every pending request receives EngineDeadError (no request ever
-hangs) and `healthy` turns False so /health reports 503. `shutdown(drain=True)` refuses new
-requests, waits for those in flight, then stops the thread.
+A request whose own values make `engine.add_request` raise fails alone (RequestFailedError);
+failures inside a step are isolated per request by the Engine itself. If the engine thread dies
+anyway (the model step failed: not any one request's doing), every pending request receives
+EngineDeadError (no request ever hangs), `error` is set and `healthy` turns False: /health
+reports 503, and `jaxserve serve` exits non-zero so that a supervisor restarts it.
+`shutdown(drain=True)` refuses new requests, waits for those in flight, then stops the thread.
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from jaxserve.errors import QueueFull, RequestFailedError
 from jaxserve.outputs import EngineStats, SequenceDelta
-from jaxserve.sampling_params import SamplingParams
+from jaxserve.sampling_params import SamplingParams, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -311,18 +315,23 @@ class AsyncEngine:
                                         prompt=command.prompt)
             except ValueError as e:
                 command.ack.set_exception(e)
-            except Exception as e:
-                # The engine's own queue limit (its QueueFull) raced past check_request's.
-                if type(e).__name__ != "QueueFull":
-                    command.ack.set_exception(EngineDeadError(f"engine failed: {e!r}"))
-                    raise
+            except QueueFull as e:   # the engine's own queue limit raced past check_request's
                 command.ack.set_exception(EngineOverloadedError(str(e)))
-            except BaseException as e:
-                command.ack.set_exception(EngineDeadError(f"engine failed: {e!r}"))
-                raise
+            except Exception as e:  # noqa: BLE001 - this request's values broke add_request: it alone fails
+                logger.exception("add_request failed for %s", command.request_id)
+                self._discard(command.request_id)
+                command.ack.set_exception(RequestFailedError(
+                    f"request failed: {type(e).__name__}: {short_repr(str(e), 300)}"))
             else:
                 self._live[command.request_id] = (command.stream, command.params.n)
                 command.ack.set_result(None)
+
+    def _discard(self, request_id: str) -> None:
+        """Drop whatever a failed add_request left in the engine (an abort that may find nothing)."""
+        try:
+            self.engine.abort_request(request_id)
+        except Exception:  # noqa: BLE001 - nothing more can be done for it; the engine goes on
+            logger.exception("could not clean up request %s", request_id)
 
     def _deliver(self, deltas: list[SequenceDelta]) -> None:
         """Hand one step's deltas to asyncio: one call_soon_threadsafe per event loop."""

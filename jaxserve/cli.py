@@ -8,6 +8,7 @@ reaches any config field by its dotted name (`--set cache.num_pages=1024`). Both
 on JAX's persistent compilation cache (~/.cache/jaxserve/xla), so a restart skips most compiles.
 `serve` loads the model, starts HTTP at once (/health answers 503 while warming up), compiles
 every bucket, then logs the URL; SIGTERM stops new requests, drains those in flight, then exits.
+If the engine thread dies, every request in flight fails and `serve` exits with status 1.
 
 Disaggregated over processes (jaxserve/disagg/router.py tells the life of a request):
 
@@ -21,11 +22,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
@@ -158,23 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _make_draining_server(async_engine: Any, config: Any):
-    """A uvicorn.Server whose SIGTERM/SIGINT first refuses new requests, then drains the rest."""
-    import uvicorn
-
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if not self.should_exit:
-                logger.info("%s: refusing new requests, draining %d in flight",
-                            signal.Signals(sig).name, async_engine.num_in_flight)
-            async_engine.stop_accepting()
-            super().handle_exit(sig, frame)
-
-    return DrainingServer(config)
-
-
 def serve(args: argparse.Namespace, start_time_s: float) -> None:
-    import uvicorn
+    from jaxserve.server.http_server import ServingServer, uvicorn_config
 
     config = build_config(args)
     if args.role == "router":
@@ -185,10 +169,13 @@ def serve(args: argparse.Namespace, start_time_s: float) -> None:
         async_engine, app = _engine_app(args, config, start_time_s)
     if args.role != "single":   # the router polls /load twice a second: keep that out of the log
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
-    server = _make_draining_server(async_engine, uvicorn.Config(
-        app, host=config.server.host, port=config.server.port, log_level=args.log_level,
-        access_log=args.role in ("single", "router"), timeout_graceful_shutdown=int(args.drain_timeout)))
+    server = ServingServer(async_engine, uvicorn_config(
+        app, config.server, log_level=args.log_level, access_log=args.role in ("single", "router"),
+        timeout_graceful_shutdown=int(args.drain_timeout)))
     server.run()
+    if server.engine_failed:
+        logger.error("exiting with status 1: the engine failed (%r)", async_engine.error)
+        raise SystemExit(1)
 
 
 def _engine_app(args: argparse.Namespace, config: EngineConfig, start_time_s: float) -> tuple[Any, Any]:

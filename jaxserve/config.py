@@ -151,9 +151,23 @@ class ServerConfig:
     port: int = 8000
     api_key: str | None = None     # also from JAXSERVE_API_KEY; None: no auth
     warmup: bool = True            # compile every bucket before reporting ready
+    # Bodies past this answer 413 before they are parsed (4 MiB is ~1M tokens of text, far past
+    # any context we serve); the parse itself runs on the event loop, so it must stay small.
+    max_request_bytes: int = 4 * 1024 * 1024
+    # Tokenization, chat templates and detokenization of requests run in this many threads, off
+    # the event loop, so one large request cannot stall the others (or /health).
+    tokenizer_threads: int = 2
+    timeout_keep_alive_s: float = 5.0      # an idle keep-alive connection is closed after this
+    timeout_request_header_s: float = 10.0  # a connection whose request headers are not complete by then is closed
 
     def validate(self) -> None:
         _check(0 < self.port < 65536, "server.port", "must be in 1..65535", self.port)
+        _check(self.max_request_bytes > 0, "server.max_request_bytes", "must be > 0", self.max_request_bytes)
+        _check(self.tokenizer_threads > 0, "server.tokenizer_threads", "must be > 0", self.tokenizer_threads)
+        _check(self.timeout_keep_alive_s > 0, "server.timeout_keep_alive_s", "must be > 0",
+               self.timeout_keep_alive_s)
+        _check(self.timeout_request_header_s > 0, "server.timeout_request_header_s", "must be > 0",
+               self.timeout_request_header_s)
 
 
 @dataclass(frozen=True, kw_only=True)

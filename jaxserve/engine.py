@@ -16,12 +16,14 @@ from typing import Callable
 import jax.numpy as jnp
 
 from jaxserve.config import EngineConfig
+from jaxserve.errors import QueueFull
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions
 from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, SequenceDelta, TokenLogprob
 from jaxserve.runner import ModelRunner
-from jaxserve.sampling_params import SamplingParams
+from jaxserve.sampling_params import SamplingParams, short_repr
 from jaxserve.scheduler import Scheduler
+from jaxserve.seeds import fold_seed, request_seed, sample_seed
 from jaxserve.sequence import SeqStatus, Sequence
 from jaxserve.spec.verify import accepted_tokens
 from jaxserve.step_inputs import (Shapes, bucket, build_decode, build_prefill, build_sampling, build_verify,
@@ -35,10 +37,6 @@ log = logging.getLogger(__name__)
 # average of accepted tokens, and the decode-step period of probes while that average is too low.
 _ACCEPT_EMA_WEIGHT = 0.25
 _PROBE_EVERY = 8
-
-
-class QueueFull(Exception):
-    """The waiting queue is at scheduler.max_waiting; retry later (HTTP 429)."""
 
 
 class Engine:
@@ -136,18 +134,19 @@ class Engine:
         if len(self.scheduler.waiting) >= self.config.scheduler.max_waiting:
             raise QueueFull(f"{len(self.scheduler.waiting)} requests are waiting "
                             f"(scheduler.max_waiting = {self.config.scheduler.max_waiting})")
-        base_seed = params.seed if params.seed is not None else (self.config.seed * 1_000_003
-                                                                 + self._num_requests)
+        base_seed = request_seed(params.seed, self.config.seed, self._num_requests)
         self._num_requests += 1
         max_tokens = min(params.max_tokens, self.max_model_len - len(prompt_token_ids))
         if max_tokens != params.max_tokens:
             params = params.replace(max_tokens=max_tokens)
+        if params.top_k >= self.arch.vocab_size:   # the whole vocabulary: no filter (as vLLM)
+            params = params.replace(top_k=0)
         metrics = RequestMetrics(arrival_s=time.perf_counter())
         seqs = []
         for i in range(params.n):
             seq = Sequence(seq_id=self._next_seq_id, request_id=request_id, index=i,
                            prompt_ids=list(prompt_token_ids), params=params,
-                           seed=(base_seed + i * 0x9E3779B1) & 0xFFFFFFFF,
+                           seed=sample_seed(base_seed, i),
                            metrics=metrics if i == 0 else RequestMetrics(arrival_s=metrics.arrival_s))
             self._next_seq_id += 1
             self._detok[seq.seq_id] = IncrementalDetokenizer(
@@ -159,12 +158,18 @@ class Engine:
 
     def abort_request(self, request_id: str) -> list[SequenceDelta]:
         """Cancel a request; its pages are released at once."""
+        return self._end_request(request_id, FinishReason.ABORT)
+
+    def _end_request(self, request_id: str, reason: FinishReason, error: str | None = None
+                     ) -> list[SequenceDelta]:
         deltas = []
         for seq in self.requests.pop(request_id, []):
             if not seq.finished:
-                seq.finish_reason = FinishReason.ABORT
+                seq.finish_reason = reason
                 self.scheduler.finish(seq)
-                deltas.append(self._delta(seq, [], "", None))
+                delta = self._delta(seq, [], "", None)
+                delta.error = error
+                deltas.append(delta)
             self._detok.pop(seq.seq_id, None)
         return deltas
 
@@ -173,6 +178,13 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- step
     def step(self) -> list[SequenceDelta]:
+        """One scheduling step: plain decodes, verify passes, then prefill chunks.
+
+        Host work that depends on one request's own values (packing its row, appending and
+        detokenizing its token, its stop strings) is isolated: if it raises, that request ends
+        with FinishReason.ERROR and the step goes on for the others. A failure of the model step
+        itself is not any one request's: it propagates, and the caller fails everything.
+        """
         lookahead = self._spec_len if self._speculate_this_step() else None
         plan = self.scheduler.schedule(lookahead)
         deltas: list[SequenceDelta] = []
@@ -183,26 +195,74 @@ class Engine:
             spec = [s for s, d in zip(plan.decodes, proposals) if d]
             drafts = [d for d in proposals if d]
         if plain:
-            batch = build_decode(plain, self.shapes)
-            result = self.runner.run(batch, build_sampling(plain, len(batch.kv_lens), self.shapes))
-            self._observe(batch)
-            for i, seq in enumerate(plain):
-                self.scheduler.advance(seq, seq.num_computed + 1)
-                deltas.append(self._append(seq, result, i))
+            plain, packed = self._pack(plain, self._decode_inputs, deltas)
+            if plain:
+                batch, arrays = packed
+                result = self.runner.run(batch, arrays)
+                self._observe(batch)
+                for i, seq in enumerate(plain):
+                    if not seq.finished:   # a sibling sample of a failed request ended it
+                        self.scheduler.advance(seq, seq.num_computed + 1)
+                        deltas += self._isolated(seq, lambda: [self._append(seq, result, i)])
         if spec:
             deltas += self._verify(spec, drafts)
-        if plan.prefills:
-            batch = build_prefill(plan.prefills, self.shapes)
-            seqs = [c.seq for c in plan.prefills]
-            result = self.runner.run(batch, build_sampling(seqs, len(batch.kv_lens), self.shapes))
-            self._observe(batch)
-            for i, chunk in enumerate(plan.prefills):
-                self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
-                if chunk.completes_prompt:
-                    deltas.append(self._append(chunk.seq, result, i))
-                    if self.handoff is not None and not chunk.seq.finished:
-                        self._hand_off(chunk.seq)
+        chunks = [c for c in plan.prefills if not c.seq.finished]
+        if chunks:
+            chunks, packed = self._pack(chunks, self._prefill_inputs, deltas, seq_of=lambda c: c.seq)
+            if chunks:
+                batch, arrays = packed
+                result = self.runner.run(batch, arrays)
+                self._observe(batch)
+                for i, chunk in enumerate(chunks):
+                    if chunk.seq.finished:
+                        continue
+                    self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
+                    if chunk.completes_prompt:
+                        deltas += self._isolated(chunk.seq, lambda: [self._append(chunk.seq, result, i)])
+                        if self.handoff is not None and not chunk.seq.finished:
+                            self._hand_off(chunk.seq)
         return deltas
+
+    def _decode_inputs(self, seqs: list[Sequence]):
+        batch = build_decode(seqs, self.shapes)
+        return batch, build_sampling(seqs, len(batch.kv_lens), self.shapes)
+
+    def _prefill_inputs(self, chunks):
+        batch = build_prefill(chunks, self.shapes)
+        return batch, build_sampling([c.seq for c in chunks], len(batch.kv_lens), self.shapes)
+
+    def _pack(self, items: list, build: Callable, deltas: list[SequenceDelta],
+              seq_of: Callable = lambda s: s) -> tuple[list, object]:
+        """build(items) -> step inputs; items whose own values make packing raise fail alone.
+
+        Returns the items kept (possibly none) and build's result for them.
+        """
+        try:
+            return items, build(items)
+        except Exception:  # noqa: BLE001 - find the culprit(s) by packing each item alone
+            kept = []
+            for item in items:
+                try:
+                    build([item])
+                except Exception as e:  # noqa: BLE001
+                    deltas += self.fail_request(seq_of(item).request_id, e)
+                else:
+                    kept.append(item)
+            kept = [item for item in kept if not seq_of(item).finished]
+            return kept, build(kept) if kept else None
+
+    def _isolated(self, seq: Sequence, work: Callable[[], list[SequenceDelta]]) -> list[SequenceDelta]:
+        """Run one sequence's host work; if it raises, only its request fails."""
+        try:
+            return work()
+        except Exception as e:  # noqa: BLE001 - one request's failure must not end the step
+            return self.fail_request(seq.request_id, e)
+
+    def fail_request(self, request_id: str, error: BaseException) -> list[SequenceDelta]:
+        """End a request with FinishReason.ERROR (pages released); its deltas carry the reason."""
+        log.error("request %s failed: %r", request_id, error, exc_info=error)
+        return self._end_request(request_id, FinishReason.ERROR,
+                                 f"{type(error).__name__}: {short_repr(str(error), 300)}")
 
     # ------------------------------------------------------------------ disaggregated serving
     def _hand_off(self, seq: Sequence) -> None:
@@ -236,7 +296,7 @@ class Engine:
         K/V of all but its last token (adopted); None: prefill prompt + output here.
         """
         seq = Sequence(seq_id=self._next_seq_id, request_id=request_id, index=index,
-                       prompt_ids=list(prompt_ids), params=params, seed=seed & 0xFFFFFFFF,
+                       prompt_ids=list(prompt_ids), params=params, seed=fold_seed(seed),
                        metrics=RequestMetrics(arrival_s=time.perf_counter()), output_ids=list(output_ids))
         self._next_seq_id += 1
         detok = IncrementalDetokenizer(self.tokenizer, prompt_ids,
@@ -295,14 +355,24 @@ class Engine:
         k = min(self.config.speculative.num_speculative_tokens, room)
         return self.proposer.lookahead(seq, k) if k > 0 else 0
 
-    def _verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[SequenceDelta]:
+    def _verify_inputs(self, pairs: list[tuple[Sequence, list[int]]]):
+        seqs, drafts = [s for s, _ in pairs], [d for _, d in pairs]
         batch = build_verify(seqs, drafts, self.shapes)
         rows = len(batch.tokens)
         row_seqs, offsets, judged = verify_rows(seqs, drafts, rows)
-        arrays = build_sampling(row_seqs, rows, self.shapes, step_offsets=offsets)
+        return batch, build_sampling(row_seqs, rows, self.shapes, step_offsets=offsets), judged
+
+    def _verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[SequenceDelta]:
+        deltas: list[SequenceDelta] = []
+        pairs = [(s, d) for s, d in zip(seqs, drafts) if not s.finished]
+        pairs, packed = self._pack(pairs, self._verify_inputs, deltas, seq_of=lambda p: p[0])
+        if not pairs:
+            return deltas
+        seqs, drafts = [s for s, _ in pairs], [d for _, d in pairs]
+        batch, arrays, judged = packed
         result = self.runner.run_verify(batch, arrays, judged)
         self._observe(batch)
-        deltas, row, step_accepted = [], 0, 0
+        row, step_accepted = 0, 0
         for seq, draft in zip(seqs, drafts):
             n = len(draft) + 1
             tokens = accepted_tokens(draft, result.accept[row:row + n], result.residual[row:row + n],
@@ -316,10 +386,7 @@ class Engine:
             seq.spec_misses = 0 if accepted else seq.spec_misses + 1
             seq.spec_skip = 0 if accepted else min(1 << seq.spec_misses, 16)
             start = seq.num_computed
-            for t in tokens:
-                deltas.append(self._append_token(seq, t, None))
-                if seq.finished:
-                    break
+            deltas += self._isolated(seq, lambda: self._append_tokens(seq, tokens))
             if not seq.finished:
                 self.scheduler.advance(seq, start + len(tokens))
                 self.scheduler.trim(seq)
@@ -329,6 +396,14 @@ class Engine:
         self._accepted_ema = mean if ema is None else ema + _ACCEPT_EMA_WEIGHT * (mean - ema)
         if self._accepted_ema < self.config.speculative.min_accepted_tokens:
             self._probe_wait = _PROBE_EVERY - 1
+        return deltas
+
+    def _append_tokens(self, seq: Sequence, tokens: list[int]) -> list[SequenceDelta]:
+        deltas = []
+        for t in tokens:
+            deltas.append(self._append_token(seq, t, None))
+            if seq.finished:
+                break
         return deltas
 
     def _append(self, seq: Sequence, result, row: int) -> SequenceDelta:

@@ -6,16 +6,39 @@ Every check raises ValueError naming the field, so the HTTP layer can answer 400
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from typing import Any
+
+# Bounds checked at admission, so no request can hold a value the engine's arrays cannot.
+MAX_N = 128                    # samples per request (the scheduler also caps n by max_num_seqs)
+MAX_TEMPERATURE = 1e4          # past this, logits / T is ~0 in float32 anyway: a uniform draw
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 1e-3, 1e3   # logits are divided or multiplied by it
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 64, 1024   # every new token is checked against every stop string
+MAX_STOP_TOKEN_IDS = 1024
+_F32_MAX = 3.4028234663852886e38
+_I32_LIMIT = 2 ** 31
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to about `limit` characters: error messages never echo a whole input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass(kw_only=True)
 class SamplingParams:
     """Per-request decoding settings (the OpenAI / vLLM names).
 
-    temperature 0 means greedy. top_k 0 or -1 disables top-k; top_p 1 and min_p 0 disable theirs.
-    seed fixes the random stream of this request alone: the same seed gives the same output
-    whatever else shares the batch.
+    temperature 0 means greedy. top_k 0 or -1 disables top-k (a top_k at or past the vocabulary
+    size means the same; the engine clamps it); top_p 1 and min_p 0 disable theirs. seed fixes
+    the random stream of this request alone: the same seed gives the same output whatever else
+    shares the batch. Any integer is a seed; those outside [0, 2**32) are hashed to 32 bits
+    (jaxserve/seeds.py), so distinct seeds stay distinct streams.
     """
 
     n: int = 1
@@ -42,41 +65,50 @@ class SamplingParams:
 
     def validate(self, max_logprobs: int = 20) -> None:
         def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+            return ValueError(f"{name} {why}, got {short_repr(getattr(self, name))}")
 
         for name in ("n", "max_tokens", "top_k"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+            if not _is_int(getattr(self, name)):
                 raise bad(name, "must be an integer")
         for name in ("temperature", "top_p", "min_p", "repetition_penalty",
                      "presence_penalty", "frequency_penalty"):
-            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise bad(name, "must be a number")
-        if self.n < 1:
-            raise bad("n", "must be >= 1")
+            # NaN passes every comparison below, and a value past float32's range becomes inf
+            # on the device: refuse both here rather than sample from garbage.
+            if not math.isfinite(value) or abs(value) > _F32_MAX:
+                raise bad(name, "must be a finite number")
+        if not 1 <= self.n <= MAX_N:
+            raise bad("n", f"must be in [1, {MAX_N}]")
         if self.max_tokens < 1:
             raise bad("max_tokens", "must be >= 1")
-        if self.temperature < 0:
-            raise bad("temperature", "must be >= 0")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise bad("temperature", f"must be in [0, {MAX_TEMPERATURE}]")
         if self.top_k < -1:
             raise bad("top_k", "must be -1, 0 (disabled) or a positive integer")
         if not 0.0 < self.top_p <= 1.0:
             raise bad("top_p", "must be in (0, 1]")
         if not 0.0 <= self.min_p <= 1.0:
             raise bad("min_p", "must be in [0, 1]")
-        if self.repetition_penalty <= 0:
-            raise bad("repetition_penalty", "must be > 0")
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            raise bad("repetition_penalty", f"must be in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}]")
         if not -2.0 <= self.presence_penalty <= 2.0:
             raise bad("presence_penalty", "must be in [-2, 2]")
         if not -2.0 <= self.frequency_penalty <= 2.0:
             raise bad("frequency_penalty", "must be in [-2, 2]")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+        if self.seed is not None and not _is_int(self.seed):
             raise bad("seed", "must be an integer")
-        if self.logprobs is not None and not 0 <= self.logprobs <= max_logprobs:
-            raise bad("logprobs", f"must be in [0, {max_logprobs}]")
-        if not all(isinstance(s, str) and s for s in self.stop):
-            raise bad("stop", "must be non-empty strings")
-        if not all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids):
-            raise bad("stop_token_ids", "must be non-negative integers")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or not 0 <= self.logprobs <= max_logprobs):
+            raise bad("logprobs", f"must be an integer in [0, {max_logprobs}]")
+        if not isinstance(self.stop, list) or len(self.stop) > MAX_STOP_STRINGS:
+            raise bad("stop", f"must be a list of at most {MAX_STOP_STRINGS} strings")
+        if not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in self.stop):
+            raise bad("stop", f"must be non-empty strings of at most {MAX_STOP_CHARS} characters")
+        if not isinstance(self.stop_token_ids, list) or len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise bad("stop_token_ids", f"must be a list of at most {MAX_STOP_TOKEN_IDS} token ids")
+        if not all(_is_int(t) and 0 <= t < _I32_LIMIT for t in self.stop_token_ids):
+            raise bad("stop_token_ids", "must be non-negative token ids")
 
     @property
     def greedy(self) -> bool:

@@ -176,7 +176,9 @@ def build_sampling(seqs: list[Sequence], rows: int, shapes: Shapes,
     for i, s in enumerate(seqs):
         p = s.params
         temperature[i], top_p[i], min_p[i] = p.temperature, p.top_p, p.min_p
-        top_k[i] = max(p.top_k, 0)
+        # Any top_k at or past the vocabulary means "all of it" (the sampler takes min(k, V));
+        # clamping first keeps a huge client value from overflowing the int32 row.
+        top_k[i] = min(max(p.top_k, 0), np.iinfo(np.int32).max)
         rep[i], pres[i], freq[i] = p.repetition_penalty, p.presence_penalty, p.frequency_penalty
         seeds[i] = s.seed & 0xFFFFFFFF
         steps[i] = len(s.output_ids) + (step_offsets[i] if step_offsets else 0)

@@ -15,6 +15,7 @@ control tokens (`<|im_start|>`, ...) as special tokens so they encode to one id 
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,21 @@ class Tokenizer:
         if token_id in self._special_ids or not all(c in _CHAR_TO_BYTE for c in piece):
             return piece.encode("utf-8")
         return bytes(_CHAR_TO_BYTE[c] for c in piece)
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (its byte length bounds it).
+
+        A text of c characters therefore has at least c / max_token_chars tokens, which lets a
+        server refuse an over-long prompt from its length alone, before tokenizing it.
+        """
+        longest = 1
+        for i in range(self.vocab_size):
+            try:
+                longest = max(longest, len(self.token_bytes(i)))
+            except ValueError:   # a hole in the id space
+                continue
+        return longest
 
     def _token_text(self, token_id: int | None) -> str | None:
         return None if token_id is None else self.backend.id_to_token(token_id)

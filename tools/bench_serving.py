@@ -101,8 +101,9 @@ class TokenCounter:
 def build_prompts(words: list[str], counter: TokenCounter, num: int, input_len: int,
                   rng: random.Random) -> list[tuple[str, int]]:
     """num (prompt, token count) pairs of about input_len tokens each, at random offsets."""
-    sample = " ".join(words[:2000])
-    per_word = counter.count(sample) / 2000
+    # Counted 20 words at a time: /tokenize refuses texts longer than the server's context.
+    sample = words[:400]
+    per_word = sum(counter.count(" ".join(sample[i:i + 20])) for i in range(0, len(sample), 20)) / len(sample)
     prompts = []
     for _ in range(num):
         guess = max(1, round(input_len / per_word))

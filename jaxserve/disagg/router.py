@@ -37,6 +37,7 @@ from jaxserve.disagg.instances import ROLES, Instance, InstancePool
 from jaxserve.disagg.worker_api import SeqState, delta_from_json
 from jaxserve.outputs import EngineStats, SequenceDelta
 from jaxserve.sampling_params import SamplingParams
+from jaxserve.seeds import request_seed, sample_seed
 from jaxserve.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -168,13 +169,12 @@ class RouterEngine:
         if request_id in self._requests:
             raise ValueError(f"request_id must be unique, got {request_id!r}")
         self._check(prompt_token_ids, params)
-        base_seed = params.seed if params.seed is not None else (self.config.seed * 1_000_003
-                                                                 + self._num_requests)
+        base_seed = request_seed(params.seed, self.config.seed, self._num_requests)
         self._num_requests += 1
         out: asyncio.Queue = asyncio.Queue()
         tasks = [asyncio.create_task(self._run_sequence(
             request_id, i, list(prompt_token_ids), params.replace(n=1),
-            (base_seed + i * 0x9E3779B1) & 0xFFFFFFFF, out)) for i in range(params.n)]
+            sample_seed(base_seed, i), out)) for i in range(params.n)]
         self._requests[request_id] = (tasks, out)
         try:
             num_open = params.n

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import time
 from typing import Any, AsyncIterator, Awaitable
 
@@ -19,18 +18,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jaxserve.async_engine import AsyncEngine
 from jaxserve.config import EngineConfig
 from jaxserve.metrics import CONTENT_TYPE, ServerMetrics
+from jaxserve.sampling_params import short_repr
 from jaxserve.server import protocol as p
+from jaxserve.server.middleware import (APIKeyMiddleware, BodyLimitMiddleware, LenientTextRoute,
+                                        RequestIdMiddleware, client_request_id)
 from jaxserve.server.serving import APIError, OpenAIServing
 
 logger = logging.getLogger(__name__)
-
-# Paths anyone may read even when an API key is set: probes, scrapes and the docs.
-_OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
 def create_app(async_engine: AsyncEngine, config: EngineConfig, start_time_s: float | None = None,
@@ -53,15 +51,22 @@ def create_app(async_engine: AsyncEngine, config: EngineConfig, start_time_s: fl
         yield
         announce.cancel()
         await async_engine.shutdown(drain=True)
+        app.state.serving.close()
 
-    app = FastAPI(title="jaxserve", summary="OpenAI-compatible LLM server on JAX", lifespan=lifespan)
+    # No trailing-slash redirects: Starlette builds their Location from the client's Host header.
+    app = FastAPI(title="jaxserve", summary="OpenAI-compatible LLM server on JAX", lifespan=lifespan,
+                  redirect_slashes=False)
+    app.router.route_class = LenientTextRoute
     app.state.engine = async_engine
     app.state.config = config
     app.state.metrics = metrics
-    app.state.serving = OpenAIServing(async_engine, metrics)
+    app.state.serving = OpenAIServing(async_engine, metrics, config.server.tokenizer_threads)
+    # Added last = outermost: the size limit runs first, then the key, then the request id.
+    app.add_middleware(RequestIdMiddleware)
     api_key = config.server.api_key or os.environ.get("JAXSERVE_API_KEY") or None
     if api_key:
-        app.add_middleware(_APIKeyMiddleware, api_key=api_key)
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_request_bytes)
     _add_error_handlers(app)
     _add_routes(app)
     return app
@@ -72,11 +77,13 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/completions", response_model=p.CompletionResponse)
     async def completions(body: p.CompletionRequest, raw: Request) -> Response:
-        return _respond(await unless_disconnected(serving.create_completion(body), raw))
+        work = serving.create_completion(body, client_request_id(raw))
+        return _respond(await unless_disconnected(work, raw))
 
     @app.post("/v1/chat/completions", response_model=p.ChatCompletionResponse)
     async def chat_completions(body: p.ChatCompletionRequest, raw: Request) -> Response:
-        return _respond(await unless_disconnected(serving.create_chat_completion(body), raw))
+        work = serving.create_chat_completion(body, client_request_id(raw))
+        return _respond(await unless_disconnected(work, raw))
 
     @app.get("/v1/models", response_model=p.ModelList)
     async def models() -> p.ModelList:
@@ -84,11 +91,11 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/tokenize", response_model=p.TokenizeResponse)
     async def tokenize(body: p.TokenizeRequest) -> p.TokenizeResponse:
-        return serving.tokenize(body)
+        return await serving.tokenize(body)
 
     @app.post("/detokenize", response_model=p.DetokenizeResponse)
     async def detokenize(body: p.DetokenizeRequest) -> p.DetokenizeResponse:
-        return serving.detokenize(body)
+        return await serving.detokenize(body)
 
     @app.get("/health")
     async def health() -> Response:
@@ -152,7 +159,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             # A union field (e.g. prompt) reports one error per member; name the field once.
             param = ".".join(x for x in loc if not _is_type_tag(x)) or None
             err = APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-                                f" (got {first.get('input')!r})", param=param)
+                                f" (got {short_repr(first.get('input'))})", param=param)
         return JSONResponse(err.body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -163,7 +170,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal_error(_: Request, e: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="internal_server_error")
+        err = APIError(500, f"internal error: {type(e).__name__}: {short_repr(str(e), 300)}",
+                       type="internal_server_error")
         return JSONResponse(err.body(), status_code=500)
 
 
@@ -182,21 +190,3 @@ async def _announce_ready(engine: AsyncEngine, config: EngineConfig, metrics: Se
     logger.info("jaxserve ready: serving %s at http://%s:%d/v1 (start-up %.1f s, warm-up %.1f s)",
                 engine.model_name, config.server.host, config.server.port, startup_s,
                 engine.warmup_time_s or 0.0)
-
-
-class _APIKeyMiddleware:
-    """Answers 401 unless `Authorization: Bearer <key>` matches; probes and docs stay open."""
-
-    def __init__(self, app: ASGIApp, api_key: str):
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
-            return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if not secrets.compare_digest(given, self.expected):
-            err = APIError(401, "missing or wrong API key (send `Authorization: Bearer <key>`)",
-                           type="authentication_error", code="invalid_api_key")
-            return await JSONResponse(err.body(), status_code=401)(scope, receive, send)
-        return await self.app(scope, receive, send)

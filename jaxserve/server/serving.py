@@ -16,14 +16,21 @@ import json
 import re
 import time
 import uuid
-from typing import Any, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 from jaxserve.async_engine import (AsyncEngine, EngineDeadError, EngineNotReadyError,
                                    EngineOverloadedError)
+from jaxserve.errors import RequestFailedError
 from jaxserve.metrics import ServerMetrics
 from jaxserve.outputs import FinishReason, SequenceDelta, TokenLogprob
-from jaxserve.sampling_params import SamplingParams
+from jaxserve.sampling_params import SamplingParams, short_repr
 from jaxserve.server import protocol as p
+from jaxserve.server.admission import find_invalid_text, text_fits
+
+_T = TypeVar("_T")
+# An error message is at most this long: no error echoes a whole (maybe megabytes long) input.
+MAX_ERROR_MESSAGE_CHARS = 1000
 
 
 class APIError(Exception):
@@ -37,7 +44,10 @@ class APIError(Exception):
         self.param, self.code, self.headers = param, code, headers or {}
 
     def body(self) -> dict[str, Any]:
-        info = p.ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
+        message = self.message
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = f"{message[:MAX_ERROR_MESSAGE_CHARS]}... (message cut at {MAX_ERROR_MESSAGE_CHARS} characters)"
+        info = p.ErrorInfo(message=message, type=self.type, param=self.param, code=self.code)
         return p.ErrorResponse(error=info).model_dump()
 
 
@@ -63,6 +73,15 @@ def from_engine_error(e: Exception) -> APIError:
     if isinstance(e, (EngineNotReadyError, EngineDeadError)):
         return APIError(503, str(e), type="service_unavailable_error", code="engine_unavailable")
     raise TypeError(f"not an engine error: {e!r}")
+
+
+def _request_ids(prefix: str, client_request_id: str | None) -> tuple[str, str]:
+    """(the id the response shows, the engine's id): the client's X-Request-Id names the response,
+    a uuid keeps engine ids unique even when two clients send the same one."""
+    unique = uuid.uuid4().hex
+    if client_request_id is None:
+        return f"{prefix}-{unique}", f"{prefix}-{unique}"
+    return f"{prefix}-{client_request_id}", f"{prefix}-{client_request_id}-{unique}"
 
 
 def _sse(obj: Any) -> str:
@@ -116,42 +135,75 @@ def _finish(reason: FinishReason | None) -> str | None:
 class OpenAIServing:
     """Turns OpenAI requests into engine requests and engine deltas into OpenAI responses."""
 
-    def __init__(self, engine: AsyncEngine, metrics: ServerMetrics):
+    def __init__(self, engine: AsyncEngine, metrics: ServerMetrics, tokenizer_threads: int = 2):
         self.engine = engine
         self.metrics = metrics
         self.tokenizer = engine.tokenizer
         self.model_name = engine.model_name
         self.max_model_len = engine.max_model_len
         self._token_text: dict[int, str] = {}
+        # Tokenizing, templating and detokenizing a request can take seconds for a large one:
+        # they run here, so the event loop (every other request, /health) never waits on them.
+        self._pool = ThreadPoolExecutor(max_workers=tokenizer_threads, thread_name_prefix="jaxserve-tokenize")
+        self._max_token_chars = self.tokenizer.max_token_chars
+
+    async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def check_text(req: Any) -> None:
+        """400 naming the first field that holds invalid text (lone surrogates, invalid UTF-8)."""
+        where = find_invalid_text(req)
+        if where is not None:
+            raise bad_request(f"{where} is not valid UTF-8 text (it holds a lone surrogate or an "
+                              f"invalid byte)", where)
+
+    def _check_text_length(self, num_chars: int, param: str) -> None:
+        if not text_fits(num_chars, self.max_model_len, self._max_token_chars):
+            raise bad_request(f"{param} has {num_chars} characters, more than model.max_model_len "
+                              f"{self.max_model_len} tokens can hold", param)
 
     # -- small endpoints -------------------------------------------------------------------
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
-            raise APIError(404, f"The model `{model}` does not exist; this server serves "
+            raise APIError(404, f"The model {short_repr(model)} does not exist; this server serves "
                                 f"`{self.model_name}`.", param="model", code="model_not_found")
 
     def models(self) -> p.ModelList:
         return p.ModelList(data=[p.ModelCard(id=self.model_name, max_model_len=self.max_model_len)])
 
-    def tokenize(self, req: p.TokenizeRequest) -> p.TokenizeResponse:
+    async def tokenize(self, req: p.TokenizeRequest) -> p.TokenizeResponse:
         self.check_model(req.model)
+        self.check_text(req)
         if (req.prompt is None) == (req.messages is None):
             raise bad_request("exactly one of prompt and messages must be given", "prompt")
         if req.messages is not None:
-            ids = self._encode_chat(req.messages, req.add_generation_prompt)
+            ids = await self._off_loop(self._encode_chat, req.messages, req.add_generation_prompt)
+            param = "messages"
         else:
-            ids = self.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+            self._check_text_length(len(req.prompt), "prompt")
+            ids = await self._off_loop(self.tokenizer.encode, req.prompt, req.add_special_tokens)
+            param = "prompt"
+        if len(ids) > self.max_model_len:
+            raise bad_request(f"{param} has {len(ids)} tokens, more than model.max_model_len "
+                              f"{self.max_model_len}", param)
         return p.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.max_model_len)
 
-    def detokenize(self, req: p.DetokenizeRequest) -> p.DetokenizeResponse:
+    async def detokenize(self, req: p.DetokenizeRequest) -> p.DetokenizeResponse:
         self.check_model(req.model)
+        if len(req.tokens) > self.max_model_len:
+            raise bad_request(f"tokens holds {len(req.tokens)} ids, more than model.max_model_len "
+                              f"{self.max_model_len}", "tokens")
         self._check_token_ids(req.tokens, "tokens")
-        return p.DetokenizeResponse(prompt=self.tokenizer.decode(req.tokens))
+        return p.DetokenizeResponse(prompt=await self._off_loop(self.tokenizer.decode, req.tokens))
 
     # -- completions -----------------------------------------------------------------------
 
-    async def create_completion(self, req: p.CompletionRequest
+    async def create_completion(self, req: p.CompletionRequest, client_request_id: str | None = None
                                 ) -> p.CompletionResponse | AsyncIterator[str]:
         arrival_s = time.monotonic()
         self.check_model(req.model)
@@ -160,16 +212,17 @@ class OpenAIServing:
                 raise bad_request(f"{name} is not supported by this server", name)
         if req.best_of is not None and req.best_of != req.n:
             raise bad_request(f"best_of must equal n (no server-side ranking), got {req.best_of}", "best_of")
-        prompt_ids, prompt_text = self._completion_prompt(req.prompt)
+        self.check_text(req)
+        prompt_ids, prompt_text = await self._off_loop(self._completion_prompt, req.prompt)
         max_tokens = self._max_tokens(prompt_ids, req.max_tokens, "max_tokens", default=16)
         params = self._params(req, max_tokens=max_tokens, logprobs=req.logprobs, rename={})
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-        deltas, tracker = await self._open(request_id, prompt_ids, params, prompt_text, arrival_s, {})
+        request_id, engine_id = _request_ids("cmpl", client_request_id)
+        deltas, tracker = await self._open(engine_id, prompt_ids, params, prompt_text, arrival_s, {})
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._completion_stream(request_id, created, len(prompt_ids), deltas, tracker,
-                                           include_usage, req.logprobs is not None)
+            return self._completion_stream(request_id, engine_id, created, len(prompt_ids), deltas,
+                                           tracker, include_usage, req.logprobs is not None)
         texts, lps, reasons = await self._collect(deltas, tracker, params.n)
         choices = [p.CompletionChoice(index=i, text=texts[i], finish_reason=_finish(reasons[i]),
                                       logprobs=self._completion_logprobs(lps[i], 0)
@@ -178,7 +231,7 @@ class OpenAIServing:
         return p.CompletionResponse(id=request_id, created=created, model=self.model_name,
                                     choices=choices, usage=self._usage(len(prompt_ids), tracker))
 
-    async def _completion_stream(self, request_id: str, created: int, num_prompt: int,
+    async def _completion_stream(self, request_id: str, engine_id: str, created: int, num_prompt: int,
                                  deltas: AsyncIterator[SequenceDelta], tracker: _Tracker,
                                  include_usage: bool, want_logprobs: bool) -> AsyncIterator[str]:
         offsets: dict[int, int] = {}
@@ -199,13 +252,13 @@ class OpenAIServing:
         except APIError as e:
             yield _sse(e.body())
         finally:
-            self.engine.abort(request_id)
+            self.engine.abort(engine_id)
             tracker.close()
         yield _DONE
 
     # -- chat completions ------------------------------------------------------------------
 
-    async def create_chat_completion(self, req: p.ChatCompletionRequest
+    async def create_chat_completion(self, req: p.ChatCompletionRequest, client_request_id: str | None = None
                                      ) -> p.ChatCompletionResponse | AsyncIterator[str]:
         arrival_s = time.monotonic()
         self.check_model(req.model)
@@ -215,20 +268,21 @@ class OpenAIServing:
             raise bad_request("tools are not supported by this server", "tools")
         if req.top_logprobs is not None and not req.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
-        prompt_ids = self._encode_chat(req.messages, req.add_generation_prompt)
+        self.check_text(req)
+        prompt_ids = await self._off_loop(self._encode_chat, req.messages, req.add_generation_prompt)
         name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         max_tokens = self._max_tokens(prompt_ids, requested, name, default=None)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         rename = {"max_tokens": name, "logprobs": "top_logprobs"}
         params = self._params(req, max_tokens=max_tokens, logprobs=logprobs, rename=rename)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        deltas, tracker = await self._open(request_id, prompt_ids, params, None, arrival_s, rename)
+        request_id, engine_id = _request_ids("chatcmpl", client_request_id)
+        deltas, tracker = await self._open(engine_id, prompt_ids, params, None, arrival_s, rename)
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._chat_stream(request_id, created, len(prompt_ids), params.n, deltas, tracker,
-                                     include_usage, req.logprobs)
+            return self._chat_stream(request_id, engine_id, created, len(prompt_ids), params.n, deltas,
+                                     tracker, include_usage, req.logprobs)
         texts, lps, reasons = await self._collect(deltas, tracker, params.n)
         choices = [p.ChatChoice(index=i, message=p.ChatMessageOut(content=texts[i]),
                                 finish_reason=_finish(reasons[i]),
@@ -237,7 +291,7 @@ class OpenAIServing:
         return p.ChatCompletionResponse(id=request_id, created=created, model=self.model_name,
                                         choices=choices, usage=self._usage(len(prompt_ids), tracker))
 
-    async def _chat_stream(self, request_id: str, created: int, num_prompt: int, n: int,
+    async def _chat_stream(self, request_id: str, engine_id: str, created: int, num_prompt: int, n: int,
                            deltas: AsyncIterator[SequenceDelta], tracker: _Tracker,
                            include_usage: bool, want_logprobs: bool) -> AsyncIterator[str]:
         def chunk(choices: list[p.ChatStreamChoice], usage: p.UsageInfo | None = None) -> str:
@@ -259,7 +313,7 @@ class OpenAIServing:
         except APIError as e:
             yield _sse(e.body())
         finally:
-            self.engine.abort(request_id)
+            self.engine.abort(engine_id)
             tracker.close()
         yield _DONE
 
@@ -274,6 +328,7 @@ class OpenAIServing:
         if isinstance(prompt, str):
             if not prompt:
                 raise bad_request("prompt must not be empty", "prompt")
+            self._check_text_length(len(prompt), "prompt")
             return self.tokenizer.encode(prompt, add_special_tokens=True), prompt
         self._check_token_ids(prompt, "prompt")
         return list(prompt), None
@@ -292,6 +347,8 @@ class OpenAIServing:
             content = m.content if isinstance(m.content, str) or m.content is None \
                 else "".join(part.text for part in m.content)
             convo.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+        # The template only adds text: contents that cannot fit are refused before rendering it.
+        self._check_text_length(sum(len(m["content"]) for m in convo), "messages")
         text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=add_generation_prompt)
         # The template writes the special tokens itself.
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -342,6 +399,8 @@ class OpenAIServing:
             raise from_value_error(e, rename) from None
         except (EngineOverloadedError, EngineNotReadyError, EngineDeadError) as e:
             raise from_engine_error(e) from None
+        except RequestFailedError as e:
+            raise APIError(500, str(e), type="internal_server_error", code="request_failed") from None
         except StopAsyncIteration:
             tracker.close()
             raise APIError(503, "request was aborted before its first token", type="service_unavailable_error",

@@ -27,6 +27,7 @@ from fake_engine import FakeEngine  # noqa: E402
 from jaxserve.async_engine import AsyncEngine  # noqa: E402
 from jaxserve.config import EngineConfig, load_config  # noqa: E402
 from jaxserve.server import create_app  # noqa: E402
+from jaxserve.server.http_server import uvicorn_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "configs" / "tiny-random.yaml"
@@ -83,7 +84,7 @@ def live_server(engine: Any, config: EngineConfig, kind: str = "fake", max_waiti
     port = sock.getsockname()[1]
     async_engine = AsyncEngine(engine, max_waiting=max_waiting)
     app = create_app(async_engine, config)
-    uv_config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30)
+    uv_config = uvicorn_config(app, config.server, log_level="warning", timeout_graceful_shutdown=30)
     server = (make_server or (lambda _, c: uvicorn.Server(c)))(async_engine, uv_config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -26,6 +26,7 @@ CRASH = "CRASH"
 
 class FakeTokenizer:
     vocab_size = 258
+    max_token_chars = 5   # "<bos>" / "<eos>"; every other token is one byte
     eos_token_ids = {EOS}
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -17,7 +17,7 @@ import pytest
 from conftest import REAL_AVAILABLE, TINY_CONFIG, _free_socket, fake_config, live_server
 from fake_engine import CRASH, FakeEngine
 
-from jaxserve.cli import _make_draining_server
+from jaxserve.server.http_server import ServingServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ def test_dead_engine_fails_every_request_and_health():
 
 def test_sigterm_drains_in_flight_requests():
     config = fake_config()
-    with live_server(FakeEngine(config, step_s=0.01), config, make_server=_make_draining_server) as live:
+    with live_server(FakeEngine(config, step_s=0.01), config, make_server=ServingServer) as live:
         url = f"{live.url}/v1/completions"
         client, response, lines = _open_stream(url, {"prompt": "hi", "max_tokens": 60, "ignore_eos": True,
                                                      "stream_options": {"include_usage": True}})
