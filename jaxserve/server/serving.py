@@ -349,7 +349,10 @@ class OpenAIServing:
             convo.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
         # The template only adds text: contents that cannot fit are refused before rendering it.
         self._check_text_length(sum(len(m["content"]) for m in convo), "messages")
-        text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=add_generation_prompt)
+        try:
+            text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=add_generation_prompt)
+        except ValueError as e:   # an empty conversation, or the template's own raise_exception
+            raise bad_request(str(e), "messages") from None
         # The template writes the special tokens itself.
         return self.tokenizer.encode(text, add_special_tokens=False)
 

@@ -105,20 +105,37 @@ def test_config_names_bad_low_precision_fields():
         load_config(overrides={"cache": {"dtype": "fp8"}})
 
 
-# Prompts whose greedy continuations have no near-ties in f32, checked by hand: a bf16 rounding
-# can flip a genuine near-tie, which would say nothing about correctness.
 STABLE_PROMPTS = ["The capital of France is", "List three prime numbers:", "The quick brown fox",
                   "What is the meaning of life?"]
+# bf16 products move SmolLM2's logits by well under this (nats); a greedy flip with a wider f32
+# margin between the two tokens would be a bug, not rounding.
+NEAR_TIE_NATS = 0.5
 
 
 @pytest.mark.slow
 def test_smollm2_bf16_matches_f32_greedy_text(smollm):
-    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    expected = [o.outputs[0].token_ids for o in smollm.generate(STABLE_PROMPTS, params, use_tqdm=False)]
+    """bf16 greedy tokens equal f32's up to the first genuine f32 near-tie, where they may flip.
+
+    Which positions are near-ties depends on the CPU (with or without AVX512-BF16 the bf16 dots
+    round differently), so the test checks the margin at each first difference instead of
+    trusting a hand-picked prompt list.
+    """
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True, logprobs=2)
+    ref = smollm.generate(STABLE_PROMPTS, params, use_tqdm=False)
     low = make_llm(model__matmul_dtype="bfloat16", cache__dtype="bfloat16")
     assert low.engine.runner.kv.k.dtype == BF16_BITS
-    got = [o.outputs[0].token_ids for o in low.generate(STABLE_PROMPTS, params, use_tqdm=False)]
-    assert got == expected
+    got = low.generate(STABLE_PROMPTS, params.replace(logprobs=None), use_tqdm=False)
+    num_equal = 0
+    for r, g in zip(ref, got):
+        expected, tokens = r.outputs[0].token_ids, g.outputs[0].token_ids
+        i = next((i for i, (a, b) in enumerate(zip(expected, tokens)) if a != b), None)
+        if i is None:
+            num_equal += 1
+            continue
+        top = dict(r.outputs[0].logprobs[i].top)   # f32's best two at the first difference
+        assert tokens[i] in top, (r.prompt, i, tokens[i], top)
+        assert top[expected[i]] - top[tokens[i]] < NEAR_TIE_NATS, (r.prompt, i, top)
+    assert num_equal >= len(STABLE_PROMPTS) // 2
 
 
 def _one_row_prefill(tokens: int) -> ModelBatch:

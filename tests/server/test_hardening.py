@@ -250,3 +250,9 @@ def test_server_stops_when_the_engine_dies():
                 break
             assert time.monotonic() < deadline, "server still answers with a dead engine"
             time.sleep(0.1)
+
+
+# Found by the fuzzer: an empty conversation reached the chat template and answered 500.
+@pytest.mark.parametrize("server", ["fake", "real"], indirect=True)
+def test_empty_conversation_to_tokenize_is_a_400(server):
+    _error(httpx.post(f"{server.url}/tokenize", json={"messages": []}), 400, "messages")
