@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
+import openai
 import pytest
 
 from tests.disagg._cluster import metric, spawn_router, stop, wait_ready
 
-openai = pytest.importorskip("openai")
 
 LONG = 400          # tokens: long enough that the kill lands mid-stream
 PROMPTS = ["Disaggregated serving survives", "A prefill worker fails while",
