@@ -33,10 +33,10 @@ def _compare(url: str, model: str, llm, max_tokens: int) -> None:
     assert got_chat == expected_chat
 
 
-@pytest.mark.parametrize("server", [pytest.param("real", marks=pytest.mark.slow)], indirect=True)
-def test_greedy_server_text_equals_llm_generate(server):
+@pytest.mark.slow
+def test_greedy_server_text_equals_llm_generate(real_server):
     from jaxserve.llm import LLM
-    _compare(server.url, server.model, LLM(real_config()), max_tokens=12)
+    _compare(real_server.url, real_server.model, LLM(real_config()), max_tokens=12)
 
 
 @pytest.mark.slow
