@@ -1,8 +1,9 @@
 """Live servers for the HTTP tests: uvicorn in a thread on 127.0.0.1, a free port, a real socket.
 
 `server` is parametrized over engines: "fake" (tests/server/fake_engine.py) and "real"
-(jaxserve.engine.Engine on configs/tiny-random.yaml); `fake_server` and `real_server` give one. Tests that need a special app (API key, tiny queue, a crashing engine) start their
-own with `live_server(...)` on the fake engine.
+(jaxserve.engine.Engine on configs/tiny-random.yaml); `fake_server` and `real_server` give one.
+Tests that need a special app (API key, tiny queue, a crashing engine) start their own with
+`live_server(...)` on the fake engine.
 """
 from __future__ import annotations
 
