@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,12 +53,28 @@ def _permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, out_dim // n_heads // 2, *rest).swapaxes(1, 2).reshape(out_dim, *rest)
 
 
-def write_gguf(path: Path, arch: ModelArch, params: dict) -> Path:
-    """A llama-architecture F32 GGUF with no tokenizer (enough for a draft model)."""
-    from gguf import GGUFWriter
+def gguf_name(hf_name: str) -> str:
+    if hf_name == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf_name == "model.norm.weight":
+        return "output_norm.weight"
+    if hf_name == "lm_head.weight":
+        return "output.weight"
+    _, _, i, suffix = hf_name.split(".", 3)
+    return f"blk.{i}.{ {h: g for g, h in _GGUF_TO_HF.items()}[suffix]}"
 
-    hf_to_gguf = {h: g for g, h in _GGUF_TO_HF.items()}
-    w = GGUFWriter(str(path), "llama")
+
+def write_gguf(path: Path, arch: ModelArch, params: dict, arch_name: str = "llama",
+               encode: Callable[[str, np.ndarray], tuple[np.ndarray, Any]] | None = None,
+               tokenizer_from: Path | None = None) -> Path:
+    """A GGUF of `params`: F32 tensors unless encode(gguf name, array) -> (bytes, GGMLQuantizationType).
+
+    arch_name: llama or mistral (q/k rows permuted as llama.cpp does) or qwen2 (not permuted).
+    tokenizer_from: a GGUF whose tokenizer.* fields are copied, so the file can be a model.source.
+    """
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    w = GGUFWriter(str(path), arch_name)
     w.add_vocab_size(arch.vocab_size)
     w.add_embedding_length(arch.hidden_size)
     w.add_feed_forward_length(arch.intermediate_size)
@@ -68,21 +85,23 @@ def write_gguf(path: Path, arch: ModelArch, params: dict) -> Path:
     w.add_rope_freq_base(arch.rope_theta)
     w.add_layer_norm_rms_eps(arch.rms_norm_eps)
     w.add_context_length(arch.max_position)
+    if tokenizer_from is not None:
+        for key, field in GGUFReader(str(tokenizer_from)).fields.items():
+            if key.startswith("tokenizer."):
+                array = field.types[0] == GGUFValueType.ARRAY
+                w.add_key_value(key, field.contents(), field.types[0], field.types[-1] if array else None)
     for name, t in hf_tensors(arch, params).items():
-        if name == "model.embed_tokens.weight":
-            gname = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gname = "output_norm.weight"
-        elif name == "lm_head.weight":
-            gname = "output.weight"
-        else:
-            _, _, i, suffix = name.split(".", 3)
-            gname = f"blk.{i}.{hf_to_gguf[suffix]}"
-        if gname.endswith("attn_q.weight"):
+        gname = gguf_name(name)
+        if arch_name != "qwen2" and gname.endswith(("attn_q.weight", "attn_q.bias")):
             t = _permute_qk(t, arch.num_heads)
-        elif gname.endswith("attn_k.weight"):
+        elif arch_name != "qwen2" and gname.endswith(("attn_k.weight", "attn_k.bias")):
             t = _permute_qk(t, arch.num_kv_heads)
-        w.add_tensor(gname, np.ascontiguousarray(t, np.float32))
+        encoded = encode(gname, t) if encode is not None else None
+        if encoded is None:
+            w.add_tensor(gname, np.ascontiguousarray(t, np.float32))
+        else:
+            data, qtype = encoded
+            w.add_tensor(gname, data, raw_shape=data.shape, raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -13,7 +13,7 @@ from jaxserve.model import weights
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.llama import init_random_params
 from jaxserve.model.source import cache_dir
-from tests.model.files import hf_tensors, write_gguf, write_hf_dir
+from tests.model.files import gguf_name, hf_tensors, write_gguf, write_hf_dir
 
 ARCH = ModelArch(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                  num_kv_heads=2, head_dim=8, max_position=256, tie_word_embeddings=False,
@@ -35,6 +35,71 @@ def test_gguf_round_trip(tmp_path):
     arch, got = weights.load_gguf(write_gguf(tmp_path / "m.gguf", ARCH, params))
     assert arch == ARCH
     _assert_same(got, params, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "mistral", "qwen2"])
+def test_gguf_architectures(tmp_path, arch_name):
+    """llama and mistral files carry llama.cpp's q/k row permutation; qwen2 files do not, and have biases."""
+    arch = dataclasses.replace(ARCH, qkv_bias=arch_name == "qwen2")
+    params = _params(arch)
+    got_arch, got = weights.load_gguf(write_gguf(tmp_path / "m.gguf", arch, params, arch_name))
+    assert got_arch == arch
+    _assert_same(got, params, rtol=0, atol=0)
+
+
+# Inner dimensions of 256: the K-quant block size.
+ARCH_256 = dataclasses.replace(ARCH, hidden_size=256, intermediate_size=256, head_dim=64)
+
+
+def _random_k_blocks(rng, shape: tuple[int, int], qtype) -> np.ndarray:
+    """Valid K-quant bytes for a [rows, cols] tensor: random bits with small finite f16 scales."""
+    from gguf.constants import GGML_QUANT_SIZES
+    block, size = GGML_QUANT_SIZES[qtype]
+    data = rng.integers(0, 256, (shape[0], shape[1] // block, size), dtype=np.uint8)
+    d = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    if qtype.name == "Q4_K":       # d, dmin (f16), 12 bytes of 6-bit scales, 128 of nibbles
+        data[..., 0:2], data[..., 2:4] = d, d
+    else:                          # Q6_K: 128 + 64 bytes of bits, 16 int8 scales, d (f16) last
+        data[..., 208:210] = d
+    return data.reshape(shape[0], -1)
+
+
+@pytest.mark.parametrize("type_name", [t for t in weights.SUPPORTED_GGUF_TYPES if t != "F32"])
+def test_gguf_tensor_types(tmp_path, type_name):
+    """Every listed type loads as gguf's dequantization of its bytes (q/k rows un-permuted after)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    qtype = GGMLQuantizationType[type_name]
+    rng = np.random.default_rng(3)
+    params = _params(ARCH_256)
+    want = {}
+
+    def encode(gname: str, t: np.ndarray):
+        if t.ndim != 2:
+            return None                              # norms and biases stay F32, as in real files
+        data = (_random_k_blocks(rng, t.shape, qtype) if type_name in ("Q4_K", "Q6_K")
+                else quantize(t, qtype))
+        w = np.asarray(dequantize(data, qtype), np.float32).reshape(t.shape)
+        if gname.endswith("attn_q.weight"):
+            w = weights._unpermute_qk(w, ARCH_256.num_heads)
+        elif gname.endswith("attn_k.weight"):
+            w = weights._unpermute_qk(w, ARCH_256.num_kv_heads)
+        want[gname] = w
+        return data, qtype
+
+    path = write_gguf(tmp_path / f"m-{type_name}.gguf", ARCH_256, params, encode=encode)
+    _, got = weights.load_gguf(path)
+    original = hf_tensors(ARCH_256, params)
+    for name, t in hf_tensors(ARCH_256, got).items():
+        gname = gguf_name(name)
+        if gname in want:
+            np.testing.assert_array_equal(t, want[gname], err_msg=gname)
+            if type_name not in ("Q4_K", "Q6_K"):    # and stays near the weights it encodes
+                assert np.abs(t - original[name]).max() < 0.5 * np.abs(original[name]).max(), gname
+        else:
+            np.testing.assert_array_equal(t, original[name], err_msg=gname)
+    assert len(want) == 7 * ARCH_256.num_layers + 2    # every matrix went through the type
 
 
 @pytest.mark.parametrize("reader", ["safetensors", "raw"])
