@@ -5,7 +5,8 @@
 
 Flags override the YAML file, which overrides the defaults in config.py; `--set key=value`
 reaches any config field by its dotted name (`--set cache.num_pages=1024`). Both commands turn
-on JAX's persistent compilation cache (~/.cache/jaxserve/xla), so a restart skips most compiles.
+on JAX's persistent compilation cache ($JAXSERVE_CACHE/xla, by default ~/.cache/jaxserve/xla), so a
+restart skips most compiles.
 `serve` loads the model, starts HTTP at once (/health answers 503 while warming up), compiles
 every bucket, then logs the URL; SIGTERM stops new requests, drains those in flight, then exits.
 If the engine thread dies, every request in flight fails and `serve` exits with status 1.
@@ -30,10 +31,9 @@ from typing import Any
 import yaml
 
 from jaxserve.config import EngineConfig, load_config, overrides_from_dotted
+from jaxserve.model.source import cache_dir
 
 logger = logging.getLogger("jaxserve")
-
-DEFAULT_XLA_CACHE = Path.home() / ".cache" / "jaxserve" / "xla"
 
 # flag -> dotted config key; None values (flag not given) leave the YAML value alone.
 _FLAG_KEYS = {
@@ -91,10 +91,11 @@ def request_host_devices(config: EngineConfig) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-def enable_compilation_cache(path: Path = DEFAULT_XLA_CACHE) -> None:
-    """Keep compiled XLA programs on disk so the next start loads instead of compiling."""
+def enable_compilation_cache(path: Path | None = None) -> None:
+    """Keep compiled XLA programs on disk (default: cache_dir()/xla) so the next start loads them."""
     import jax
 
+    path = cache_dir() / "xla" if path is None else path
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     # JAX skips caching programs that compiled in under a second; ours are many and small.

@@ -24,7 +24,7 @@ class ModelConfig:
     # on CPUs with AVX512-BF16; weights rounded to bf16, as llama.cpp rounds activations to 8 bits).
     matmul_dtype: str = "float32"
     max_model_len: int = 2048                    # longest prompt + output accepted; bounds block tables
-    checkpoint_dir: str | None = None            # orbax cache of converted params; None: ~/.cache/jaxserve
+    checkpoint_dir: str | None = None            # orbax cache of converted params; None: $JAXSERVE_CACHE/params
     served_model_name: str | None = None         # name shown by /v1/models; None: derived from source
 
     def validate(self) -> None:

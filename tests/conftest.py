@@ -1,10 +1,80 @@
-"""Test-wide setup: four CPU devices, so disaggregated prefill/decode meshes can be built.
+"""Test-wide setup: four CPU devices, a private cache per session, and no silent skips.
 
-Set before anything imports JAX (conftest files load first); single-device tests just use
-device 0 and run no slower.
+- Four host devices, so disaggregated prefill/decode meshes can be built. Set before anything
+  imports JAX (conftest files load first); single-device tests just use device 0.
+- JAXSERVE_CACHE points at a fresh directory for the session, so converted parameters are made
+  by the loader under test, never restored from an earlier run's ~/.cache/jaxserve/params. The
+  SmolLM2 GGUF is fetched (model.source's own code path) into the user's cache once and linked
+  in, and the XLA compilation cache stays shared: its programs are keyed by their HLO.
+  Subprocesses (the CLI and disaggregated workers) inherit the variable.
+- A run in which any test was skipped for a reason other than hardware fails (exit status 1)
+  and lists the skips. Hardware skips are those of tests marked gpu, tpu or cpu (needs that
+  backend). xfail counts as a skip.
 """
 import os
+from pathlib import Path
+
+import pytest
 
 _FLAG = "--xla_force_host_platform_device_count=4"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+HARDWARE_MARKERS = frozenset({"gpu", "tpu", "cpu"})
+_bad_skips: list[tuple[str, str]] = []    # (node id, reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """The session's JAXSERVE_CACHE: an empty params/, the real GGUF and XLA cache linked in."""
+    from jaxserve.model.source import KNOWN_MODELS, cache_dir, resolve_model_source
+
+    user_cache = cache_dir()
+    gguf = resolve_model_source(next(iter(KNOWN_MODELS)))
+    private = tmp_path_factory.mktemp("jaxserve-cache")
+    (private / gguf.name).symlink_to(gguf.resolve())
+    (user_cache / "xla").mkdir(parents=True, exist_ok=True)
+    (private / "xla").symlink_to((user_cache / "xla").resolve(), target_is_directory=True)
+    old = os.environ.get("JAXSERVE_CACHE")
+    os.environ["JAXSERVE_CACHE"] = str(private)
+    yield private
+    if old is None:
+        os.environ.pop("JAXSERVE_CACHE", None)
+    else:
+        os.environ["JAXSERVE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def gguf_path(private_cache) -> Path:
+    """The SmolLM2 GGUF, resolved as model.source resolves it (inside the private cache)."""
+    from jaxserve.model.source import KNOWN_MODELS, resolve_model_source
+    return resolve_model_source(next(iter(KNOWN_MODELS)))
+
+
+def _record_skip(report, hardware: bool) -> None:
+    if report.skipped and not hardware:
+        reason = getattr(report, "wasxfail", None)
+        if reason is None and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2]
+        _bad_skips.append((report.nodeid, f"xfail: {reason}" if hasattr(report, "wasxfail") else str(reason)))
+
+
+def pytest_runtest_logreport(report) -> None:
+    _record_skip(report, hardware=bool(HARDWARE_MARKERS & set(report.keywords)))
+
+
+def pytest_collectreport(report) -> None:
+    _record_skip(report, hardware=False)   # a whole module skipped at import: never hardware-only
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _bad_skips and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _bad_skips:
+        return
+    terminalreporter.section("skipped for a reason other than hardware (this fails the run)", red=True)
+    for nodeid, reason in _bad_skips:
+        terminalreporter.line(f"{nodeid}: {reason}")

@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 
-GGUF_DIR = Path.home() / ".cache" / "jaxserve"
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_PATH = GGUF_DIR / GGUF_NAME
-
-pytestmark = pytest.mark.skipif(not GGUF_PATH.exists(), reason=f"model file {GGUF_PATH} is absent")
 
 TEXTS = [
     "Hello, world!",
@@ -50,14 +44,14 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return Tokenizer.from_gguf(GGUF_PATH)
+def tok(gguf_path) -> Tokenizer:
+    return Tokenizer.from_gguf(gguf_path)
 
 
 @pytest.fixture(scope="module")
-def ref():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(GGUF_DIR), gguf_file=GGUF_NAME)
+def ref(gguf_path):
+    import transformers
+    return transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
 
 
 # ---- vocabulary and special ids ----------------------------------------------------------------

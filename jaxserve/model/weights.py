@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -188,32 +188,81 @@ def load_safetensors_dir(path: str | os.PathLike, dtype=np.float32) -> tuple[Mod
     return arch, build_params(arch, tensors.get, dtype)
 
 
-def _load_safetensors_f32(f: Path, load_file) -> Iterator[tuple[str, np.ndarray]]:
+def _load_safetensors_f32(f: Path, load_file) -> dict[str, np.ndarray]:
     try:
         data = load_file(str(f))
-    except TypeError:  # bfloat16 is not a numpy dtype: go through torch when present
-        from safetensors.torch import load_file as load_torch
-        data = {k: v.float().numpy() for k, v in load_torch(str(f)).items()}
-    return {k: np.asarray(v, dtype=np.float32) for k, v in data.items()}.items()
+    except TypeError:  # safetensors releases without ml_dtypes support refuse bfloat16
+        data = _read_safetensors_raw(f)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in data.items()}
+
+
+_RAW_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+def _read_safetensors_raw(f: Path) -> dict[str, np.ndarray]:
+    """The file format read by hand (u64 header size, JSON header, raw bytes); bf16 -> f32, exactly."""
+    raw = np.memmap(f, dtype=np.uint8, mode="r")
+    header_len = int(raw[:8].view("<u8")[0])
+    header = json.loads(bytes(raw[8:8 + header_len]))
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _RAW_DTYPES:
+            raise ValueError(f"{f}: tensor {name} has dtype {info['dtype']} ({', '.join(_RAW_DTYPES)})")
+        begin, end = (8 + header_len + o for o in info["data_offsets"])
+        t = raw[begin:end].view(np.dtype(_RAW_DTYPES[info["dtype"]]).newbyteorder("<"))
+        if info["dtype"] == "BF16":  # bf16 is the top half of an f32: shift the bits up
+            t = (t.astype(np.uint32) << 16).view(np.float32)
+        out[name] = t.reshape(info["shape"])
+    return out
 
 
 # ---------------------------------------------------------------------------------- orbax cache
-def _cache_key(source: Path, dtype_name: str) -> str:
-    st = source.stat()
-    h = hashlib.sha256(f"{source.resolve()}:{st.st_size}:{st.st_mtime_ns}:{dtype_name}:v1".encode())
-    return h.hexdigest()[:16]
+# Bump when conversion changes what it produces (layout, names, dequantization, dtype handling):
+# entries saved by another version are then never restored.
+CONVERTER_VERSION = 2
+
+
+def _source_files(source: Path) -> list[Path]:
+    """The files whose bytes the conversion reads: a .gguf, or a directory's config and tensors."""
+    if source.is_dir():
+        return [source / "config.json", *sorted(source.glob("*.safetensors"))]
+    return [source]
+
+
+def cache_entry(source: Path, dtype_name: str, cache_dir: Path) -> Path:
+    """The cache directory for one (source, dtype, converter version); holds arch.json and params/.
+
+    The name keeps the source's whole file name for people reading the cache, and a hash of its
+    resolved path, every input file's size and mtime, the dtype and CONVERTER_VERSION for uniqueness.
+    """
+    parts = [str(source.resolve()), dtype_name, f"converter-v{CONVERTER_VERSION}"]
+    for f in _source_files(source):
+        st = f.stat()
+        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return (cache_dir / f"{source.name}-{dtype_name}-{key}").resolve()
 
 
 def load_checkpoint(source: Path, dtype_name: str, cache_dir: Path | None) -> tuple[ModelArch, dict]:
-    """Load converted params from the orbax cache, or convert and save them there."""
+    """Load converted params from the orbax cache, or convert and save them there.
+
+    Args:
+        source: a .gguf file or a Hugging Face directory (config.json + *.safetensors).
+        dtype_name: the params' dtype, e.g. "float32".
+        cache_dir: where entries live (see cache_entry); None converts without caching.
+    Returns:
+        (arch, params pytree).
+    """
     import jax.numpy as jnp
 
     dtype = jnp.dtype(dtype_name)
     loader = load_gguf if source.suffix == ".gguf" else load_safetensors_dir
     if cache_dir is None:
         return loader(source, dtype)
-    ckpt = (cache_dir / f"{source.stem}-{_cache_key(source, dtype_name)}").resolve()
-    meta = ckpt.with_suffix(".arch.json")
+    entry = cache_entry(source, dtype_name, cache_dir)
+    ckpt, meta = entry / "params", entry / "arch.json"
     if meta.exists() and ckpt.exists():
         try:
             import orbax.checkpoint as ocp
@@ -227,7 +276,8 @@ def load_checkpoint(source: Path, dtype_name: str, cache_dir: Path | None) -> tu
     try:
         import dataclasses
         import orbax.checkpoint as ocp
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        entry.mkdir(parents=True, exist_ok=True)
+        meta.unlink(missing_ok=True)     # written last: its presence says params/ is complete
         ckptr = ocp.StandardCheckpointer()
         ckptr.save(ckpt, params, force=True)
         ckptr.wait_until_finished()

@@ -7,11 +7,10 @@ import sys
 import time
 
 import httpx
+import openai
 import pytest
 
 from tests.disagg._cluster import ROOT, free_port, wait_healthy
-
-openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")

@@ -2,23 +2,24 @@
 
 - a decode worker killed mid-stream: its sequences are prefilled again elsewhere (prompt + tokens
   so far, same seed) and the client's stream completes with exactly the unfaulted text;
-- a prefill worker killed: requests still complete, on the other one;
+- a prefill worker killed while holding requests: they fail over and complete on the other one;
 - no decode worker left: a prompt 503 with an OpenAI error body, no hang.
 Before any fault, a repeated prompt is routed to the prefill worker whose prefix cache holds it.
 Runs last in the session (conftest.py): it kills the shared workers.
 """
 from __future__ import annotations
 
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
+import openai
 import pytest
 
 from tests.disagg._cluster import metric, spawn_router, stop, wait_ready
 
-openai = pytest.importorskip("openai")
 
 LONG = 400          # tokens: long enough that the kill lands mid-stream
 PROMPTS = ["Disaggregated serving survives", "A prefill worker fails while",
@@ -58,12 +59,27 @@ def test_prefill_routing_follows_the_prefix_cache(faults):
         assert hits() - before >= 2
 
 
+def _failovers(faults, role: str) -> float:
+    try:
+        return _router_metric(faults, f'jaxserve:router_failovers_total{{role="{role}"}}')
+    except KeyError:     # the labelled sample appears with the first failover
+        return 0.0
+
+
 def test_prefill_worker_killed(faults):
     refs = [_complete(faults.client, p, 8, temperature=0) for p in PROMPTS]
-    with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        futures = [pool.submit(_complete, faults.client, p, 8, temperature=0) for p in PROMPTS]
-        faults.prefill[0].kill()
-        assert [f.result(timeout=60) for f in futures] == refs
+    before = _failovers(faults, "prefill")
+    victim = faults.prefill[0]
+    # Frozen, the victim holds every prefill placed on it until it dies: the kill cannot land after
+    # them. Eight at once put some there (least-loaded, ties rotated); the router's poller only
+    # marks it down once its /load times out (2 s), after these are placed.
+    victim.popen.send_signal(signal.SIGSTOP)
+    with ThreadPoolExecutor(2 * len(PROMPTS)) as pool:
+        futures = [pool.submit(_complete, faults.client, p, 8, temperature=0) for p in PROMPTS * 2]
+        time.sleep(0.5)
+        victim.kill()
+        assert [f.result(timeout=60) for f in futures] == refs * 2
+    assert _failovers(faults, "prefill") - before >= 1      # some really were prefilled again
     # Later requests go to the survivor.
     assert [_complete(faults.client, p, 8, temperature=0) for p in PROMPTS] == refs
 

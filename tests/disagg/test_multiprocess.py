@@ -9,13 +9,13 @@ import time
 from types import SimpleNamespace
 
 import httpx
+import openai
 import pytest
 
 from jaxserve import SamplingParams
 from jaxserve.llm import LLM
 from tests.disagg._cluster import CONFIG, metric, spawn_router, stop, wait_ready
 
-openai = pytest.importorskip("openai")
 
 PROMPTS = ["The disaggregated engine says", "Once upon a time, in a land far away, there lived a"
            " king who had three daughters and a very long list of prompt tokens to fill pages"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from jaxserve import LLM
-from jaxserve.model.source import KNOWN_MODELS, resolve_model_source
+from jaxserve.model.source import KNOWN_MODELS
 
 SMOLLM = next(iter(KNOWN_MODELS))
 
@@ -16,11 +16,6 @@ def make_llm(source: str = SMOLLM, **overrides) -> LLM:
                 scheduler__prefill_buckets=[16, 64, 256])
     base.update(overrides)
     return LLM(model=source, **base)
-
-
-@pytest.fixture(scope="session")
-def gguf_path():
-    return resolve_model_source(SMOLLM)
 
 
 @pytest.fixture(scope="session")

@@ -33,3 +33,28 @@ def test_pages_are_freed_and_ref_counts_return(tiny):
                   SamplingParams(max_tokens=5), use_tqdm=False)
     assert alloc.num_used == 0
     assert all(alloc.ref_count(p) == 0 for p in range(alloc.num_pages))
+
+
+def test_cached_pages_are_evicted_least_recently_used_first():
+    from jaxserve.page_table import PageAllocator, prefix_page_hashes
+
+    alloc = PageAllocator(num_pages=4, page_size=2)           # 3 usable pages (page 0 is padding)
+    keys = prefix_page_hashes([1, 2, 3, 4, 5, 6], page_size=2, num_pages=3)
+    pages = [alloc.allocate() for _ in keys]
+    for page, key in zip(pages, keys):
+        alloc.register(page, key)
+    alloc.release(pages)                                     # all cached, unreferenced: LRU a, b, c
+    assert alloc.match_prefix(keys[:1]) == pages[:1]          # a used again: LRU b, c, a
+    alloc.release(pages[:1])
+    assert alloc.allocate() == pages[1]                      # the least recently used goes first
+    assert alloc.match_prefix(keys) == pages[:1]             # the chain now breaks at b
+    assert alloc.match_prefix([keys[2]]) == [pages[2]]       # c is still cached
+
+
+def test_page_keys_chain_the_whole_prefix():
+    from jaxserve.page_table import prefix_page_hashes
+
+    a = prefix_page_hashes([1, 2, 3, 4], page_size=2, num_pages=2)
+    b = prefix_page_hashes([9, 2, 3, 4], page_size=2, num_pages=2)
+    assert a[0] != b[0] and a[1] != b[1]                      # same second page, other prefix: other key
+    assert prefix_page_hashes([1, 2, 3, 4, 7], page_size=2, num_pages=2) == a

@@ -44,6 +44,24 @@ def test_greedy_unchanged_tiny(tiny_reference, method, k):
     assert llm.engine.stats().spec_proposed_tokens > 0
 
 
+def test_opted_out_and_logprob_requests_decode_plainly(tiny_reference):
+    """SamplingParams(use_speculation=False) and logprobs requests never propose; others still do."""
+    want = [ids[:16] for ids in tiny_reference[1]]
+    llm = make_llm("tiny-random", speculative__method="ngram", speculative__num_speculative_tokens=4,
+                   **ALWAYS, **TINY)
+
+    def run(**kw) -> tuple[list[list[int]], int]:
+        params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, **kw)
+        before = llm.engine.stats().spec_proposed_tokens
+        ids = [o.token_ids for o in llm.generate(REPETITIVE, params, use_tqdm=False)]
+        return ids, llm.engine.stats().spec_proposed_tokens - before
+
+    assert run(use_speculation=False) == (want, 0)
+    assert run(logprobs=1) == (want, 0)
+    ids, proposed = run()
+    assert ids == want and proposed > 0
+
+
 def test_greedy_unchanged_with_preemption_and_page_boundaries(tiny_reference):
     _, want = tiny_reference
     llm = make_llm("tiny-random", speculative__method="ngram", speculative__num_speculative_tokens=5,

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from jaxserve import SamplingParams
 from jaxserve.model.attention import ModelBatch
 
 from .prompts import PROMPTS
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.slow
 NEW_TOKENS = 64

@@ -65,10 +65,10 @@ def test_prefill_reference_matches_dense(options, dtype):
     np.testing.assert_array_equal(out[cu[-1]:], 0)
 
 
+@pytest.mark.cpu
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU backend's choice")
 def test_dispatch_auto_on_cpu_is_xla_and_forced_gpu_raises():
     from pallas_kernels import dispatch
-    if jax.default_backend() != "cpu":
-        pytest.skip("checks the CPU choice")
     assert dispatch.choose_impl("auto") == "xla"
     assert dispatch.choose_impl("reference") == "reference"
     with pytest.raises(RuntimeError, match="triton"):

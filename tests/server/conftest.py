@@ -1,14 +1,13 @@
 """Live servers for the HTTP tests: uvicorn in a thread on 127.0.0.1, a free port, a real socket.
 
-`server` is session-scoped and parametrized over engines: "fake" (tests/server/fake_engine.py,
-always) and "real" (jaxserve.engine.Engine on configs/tiny-random.yaml, when the engine, LLM and
-config exist). Tests that need a special app (API key, tiny queue, a crashing engine) start their
-own with `live_server(...)` on the fake engine.
+`server` is parametrized over engines: "fake" (tests/server/fake_engine.py) and "real"
+(jaxserve.engine.Engine on configs/tiny-random.yaml); `fake_server` and `real_server` give one.
+Tests that need a special app (API key, tiny queue, a crashing engine) start their own with
+`live_server(...)` on the fake engine.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import socket
 import sys
 import threading
@@ -31,8 +30,6 @@ from jaxserve.server.http_server import uvicorn_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "configs" / "tiny-random.yaml"
-REAL_AVAILABLE = (importlib.util.find_spec("jaxserve.engine") is not None
-                  and importlib.util.find_spec("jaxserve.llm") is not None and TINY_CONFIG.exists())
 
 FAKE_OVERRIDES = {"model": {"max_model_len": 256},
                   "scheduler": {"max_num_seqs": 16, "decode_buckets": [16], "max_waiting": 256},
@@ -113,16 +110,22 @@ def real_config() -> EngineConfig:
     return load_config(TINY_CONFIG, REAL_OVERRIDES)
 
 
-@pytest.fixture(scope="session", params=["fake", pytest.param("real", marks=pytest.mark.slow)])
-def server(request) -> Iterator[Live]:
-    if request.param == "fake":
-        config = fake_config()
-        with live_server(FakeEngine(config, step_s=0.005), config, "fake") as live:
-            yield live
-        return
-    if not REAL_AVAILABLE:
-        pytest.skip("jaxserve.engine / jaxserve.llm / configs/tiny-random.yaml not available yet")
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[Live]:
+    config = fake_config()
+    with live_server(FakeEngine(config, step_s=0.005), config, "fake") as live:
+        yield live
+
+
+@pytest.fixture(scope="session")
+def real_server() -> Iterator[Live]:
     from jaxserve.engine import Engine
     config = real_config()
     with live_server(Engine.from_config(config), config, "real") as live:
         yield live
+
+
+@pytest.fixture(scope="session", params=["fake", pytest.param("real", marks=pytest.mark.slow)])
+def server(request) -> Live:
+    """Each engine's server, started once for the session however the tests are ordered."""
+    return request.getfixturevalue(f"{request.param}_server")

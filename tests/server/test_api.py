@@ -80,11 +80,12 @@ def test_n2_usage_sums_over_choices(server, client):
     assert chunks[-1].usage.completion_tokens == 6
 
 
-def test_same_seed_same_text(server, client):
+def test_same_seed_same_text_other_seeds_other_text(server, client):
     def sample(seed):
         return client.completions.create(model=server.model, prompt=PROMPT, max_tokens=8, temperature=1.0,
                                          seed=seed, extra_body=EXACT).choices[0].text
     assert sample(1234) == sample(1234)
+    assert len({sample(1234), sample(1), sample(2)}) == 3
 
 
 def test_stop_string_cuts_text(server, client):

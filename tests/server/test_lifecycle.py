@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import REAL_AVAILABLE, TINY_CONFIG, _free_socket, fake_config, live_server
+from conftest import TINY_CONFIG, _free_socket, fake_config, live_server
 from fake_engine import CRASH, FakeEngine
 
 from jaxserve.server.http_server import ServingServer
@@ -114,7 +114,6 @@ def test_sigterm_drains_in_flight_requests():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_AVAILABLE, reason="real engine not available yet")
 def test_cli_serve_subprocess_answers_then_drains_on_sigterm(tmp_path):
     sock = _free_socket()
     port = sock.getsockname()[1]

@@ -1,7 +1,8 @@
-"""Greedy text through the HTTP server equals `LLM.generate`'s for the same prompt (real engine).
+"""Greedy text through the HTTP server equals `LLM.generate`'s for the same prompt (real engines).
 
-The default run uses the session's tiny-random server; the SmolLM2 comparison loads the real
-135M model twice and compiles on CPU, so it is marked heavy (run with `-m heavy`).
+On the session's tiny-random server, and on SmolLM2 with the shipped config: one engine, first
+driven by `LLM.generate`, then served over HTTP (a second engine would double the load and
+compile time for nothing: the server path is what is under test).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import REAL_AVAILABLE, live_server, real_config
+from conftest import live_server, real_config
 
 from jaxserve.config import load_config
 from jaxserve.sampling_params import SamplingParams
@@ -33,20 +34,25 @@ def _compare(url: str, model: str, llm, max_tokens: int) -> None:
 
 
 @pytest.mark.slow
-def test_greedy_server_text_equals_llm_generate(server):
-    if server.kind != "real":
-        pytest.skip("compares against the real engine's LLM API")
+def test_greedy_server_text_equals_llm_generate(real_server):
     from jaxserve.llm import LLM
-    _compare(server.url, server.model, LLM(real_config()), max_tokens=12)
+    _compare(real_server.url, real_server.model, LLM(real_config()), max_tokens=12)
 
 
-@pytest.mark.heavy
-@pytest.mark.skipif(not (REAL_AVAILABLE and SMOLLM_CONFIG.exists()), reason="real engine not available")
+@pytest.mark.slow
 def test_smollm_greedy_server_text_equals_llm_generate():
-    from jaxserve.engine import Engine
     from jaxserve.llm import LLM
-    config = load_config(SMOLLM_CONFIG, {"server": {"warmup": False},
-                                         "scheduler": {"max_num_seqs": 4, "decode_buckets": [1, 2, 4]}})
+    small = {"server": {"warmup": False}, "cache": {"num_pages": 64},
+             "scheduler": {"max_num_seqs": 1, "max_num_batched_tokens": 16, "decode_buckets": [1],
+                           "prefill_buckets": [16]}}   # one bucket each: two compiles
+    config = load_config(SMOLLM_CONFIG, small)
     llm = LLM(config)
-    with live_server(Engine.from_config(config), config, "real") as live:
-        _compare(live.url, live.model, llm, max_tokens=8)
+    greedy = SamplingParams(max_tokens=8, temperature=0.0)
+    expected = llm.generate(PROMPTS[0], greedy, use_tqdm=False)[0]
+    assert len(expected.token_ids) == 8
+    with live_server(llm.engine, config, "real") as live:
+        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0, timeout=600)
+        got = client.completions.create(model=live.model, prompt=PROMPTS[0], max_tokens=8, temperature=0)
+    assert live.model == "smollm2-135m-instruct-q4_1"
+    assert got.choices[0].text == expected.text
+    assert got.usage.completion_tokens == 8
