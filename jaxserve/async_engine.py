@@ -106,6 +106,8 @@ class AsyncEngine:
         # The engine may cap the configured length by the model's positions.
         self.max_model_len: int = getattr(engine, "max_model_len", engine.config.model.max_model_len)
         self.max_waiting = max_waiting if max_waiting is not None else engine.config.scheduler.max_waiting
+        # Structured outputs: the engine's grammar compiler (thread-safe), or None if it has none.
+        self.grammars = getattr(engine, "grammars", None)
         self.warmup_time_s: float | None = None
         self.error: BaseException | None = None
 

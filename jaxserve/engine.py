@@ -26,6 +26,7 @@ from jaxserve.scheduler import Scheduler
 from jaxserve.seeds import fold_seed, request_seed, sample_seed
 from jaxserve.sequence import SeqStatus, Sequence
 from jaxserve.spec.verify import accepted_tokens
+from jaxserve.structured import GrammarCompiler
 from jaxserve.step_inputs import (Shapes, bucket, build_decode, build_prefill, build_sampling, build_verify,
                                   verify_rows)
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -78,6 +79,7 @@ class Engine:
         most = min(config.speculative.max_batch_for_speculation, sched.max_num_seqs)
         self.verify_buckets = tuple(sorted({bucket(n, decode_buckets) for n in range(1, most + 1)})
                                     ) if self.shapes.spec_tokens else ()
+        self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
         self.requests: dict[str, list[Sequence]] = {}
         self._detok: dict[int, IncrementalDetokenizer] = {}
         self._next_seq_id = 0
@@ -142,12 +144,15 @@ class Engine:
         if params.top_k >= self.arch.vocab_size:   # the whole vocabulary: no filter (as vLLM)
             params = params.replace(top_k=0)
         metrics = RequestMetrics(arrival_s=time.perf_counter())
+        # Compiled already when the server checked the request (a cache hit here); ValueError if invalid.
+        grammar = self.grammars.state(params.structured) if params.structured is not None else None
         seqs = []
         for i in range(params.n):
             seq = Sequence(seq_id=self._next_seq_id, request_id=request_id, index=i,
                            prompt_ids=list(prompt_token_ids), params=params,
                            seed=sample_seed(base_seed, i),
-                           metrics=metrics if i == 0 else RequestMetrics(arrival_s=metrics.arrival_s))
+                           metrics=metrics if i == 0 else RequestMetrics(arrival_s=metrics.arrival_s),
+                           grammar=grammar.copy() if grammar is not None else None)
             self._next_seq_id += 1
             self._detok[seq.seq_id] = IncrementalDetokenizer(
                 self.tokenizer, prompt_token_ids, skip_special_tokens=params.skip_special_tokens)
@@ -301,8 +306,12 @@ class Engine:
         self._next_seq_id += 1
         detok = IncrementalDetokenizer(self.tokenizer, prompt_ids,
                                        skip_special_tokens=params.skip_special_tokens)
+        if params.structured is not None:
+            seq.grammar = self.grammars.state(params.structured)
         for token in output_ids:
             self._apply_stop_strings(seq, detok.push([token]), final=False)
+            if seq.grammar is not None:
+                seq.grammar.advance(token)
         if pages is None:
             self.prompt_tokens_total += len(prompt_ids)
             self.adopt_for_recompute(seq, detok)
@@ -346,8 +355,8 @@ class Engine:
         """Tokens to propose for seq this step (0: decode plainly)."""
         p = seq.params
         if (not p.use_speculation or p.logprobs is not None or p.repetition_penalty != 1.0
-                or p.presence_penalty or p.frequency_penalty):
-            return 0   # these need per-position logprobs or histories the verifier does not track
+                or p.presence_penalty or p.frequency_penalty or seq.grammar is not None):
+            return 0   # these need per-position logprobs, histories or masks the verifier does not track
         if seq.spec_skip > 0:
             seq.spec_skip -= 1
             return 0
@@ -428,7 +437,10 @@ class Engine:
 
         p = seq.params
         reason = None
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.tokenizer.eos_token_ids):
+        # The grammar consumes every token (EOS too); when nothing may follow, the output is done.
+        grammar_done = seq.grammar.advance(token) if seq.grammar is not None else False
+        if (token in p.stop_token_ids or (not p.ignore_eos and token in self.tokenizer.eos_token_ids)
+                or grammar_done):
             reason = FinishReason.STOP
         elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             reason = FinishReason.LENGTH

@@ -1,4 +1,4 @@
-"""Sampling on device: penalties, temperature, top-k, top-p, min-p, seeded draws, logprobs.
+"""Sampling on device: grammar mask, penalties, temperature, top-k, top-p, min-p, seeded draws, logprobs.
 
 Every row carries its own parameters, so one batch mixes greedy and sampled requests. Each row's
 random draw uses key = fold_in(key(seed), output_index): the same seed gives the same tokens
@@ -21,8 +21,8 @@ _MASKED = -1e30
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-                 "frequency_penalty", "seeds", "steps", "history", "num_prompt"],
-    meta_fields=["do_sample", "use_filters", "use_penalties", "num_logprobs"],
+                 "frequency_penalty", "seeds", "steps", "history", "num_prompt", "token_mask"],
+    meta_fields=["do_sample", "use_filters", "use_penalties", "num_logprobs", "use_mask"],
 )
 @dataclass
 class SamplingArrays:
@@ -37,10 +37,12 @@ class SamplingArrays:
     steps: jax.Array               # i32[B] index of the token being drawn within the output
     history: jax.Array             # i32[B, C] prompt then output ids, -1 padded (penalties only)
     num_prompt: jax.Array          # i32[B] how many leading history entries are prompt
+    token_mask: jax.Array          # i32[B, W] packed allowed-token bits (structured outputs); [B, 1] unused
     do_sample: bool                # any row has temperature > 0
     use_filters: bool              # any row uses top-k, top-p or min-p
     use_penalties: bool            # any row uses a penalty
     num_logprobs: int              # top alternatives to return; -1 = no logprobs at all
+    use_mask: bool = False         # any row is constrained by a grammar
 
 
 @functools.partial(
@@ -52,6 +54,16 @@ class SampleResult:
     logprobs: jax.Array      # f32[B] of the chosen token (zeros when not requested)
     top_ids: jax.Array       # i32[B, k]
     top_logprobs: jax.Array  # f32[B, k]
+
+
+def apply_token_mask(logits: jax.Array, s: SamplingArrays) -> jax.Array:
+    """Masks the tokens a row's grammar forbids; bit j of word w allows token 32 * w + j."""
+    B, V = logits.shape
+    bits = (s.token_mask[:, :, None] >> jnp.arange(32, dtype=jnp.int32)) & 1       # i32[B, W, 32]
+    allowed = bits.reshape(B, -1).astype(jnp.bool_)
+    if allowed.shape[1] < V:   # ids past the tokenizer's vocabulary (padded embeddings): never
+        allowed = jnp.pad(allowed, ((0, 0), (0, V - allowed.shape[1])))
+    return jnp.where(allowed[:, :V], logits, _MASKED)
 
 
 def apply_penalties(logits: jax.Array, s: SamplingArrays) -> jax.Array:
@@ -100,7 +112,8 @@ def sample(logits: jax.Array, s: SamplingArrays) -> SampleResult:
     """logits: f32[B, V] -> SampleResult; pure, per-row parameters."""
     B, V = logits.shape
     logits = logits.astype(jnp.float32)
-    processed = apply_penalties(logits, s) if s.use_penalties else logits
+    processed = apply_token_mask(logits, s) if s.use_mask else logits
+    processed = apply_penalties(processed, s) if s.use_penalties else processed
     tokens = jnp.argmax(processed, axis=-1).astype(jnp.int32)
     if s.do_sample:
         greedy = s.temperature <= 0

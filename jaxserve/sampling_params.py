@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxserve.structured import StructuredOutput
+
 # Bounds checked at admission, so no request can hold a value the engine's arrays cannot.
 MAX_N = 128                    # samples per request (the scheduler also caps n by max_num_seqs)
 MAX_TEMPERATURE = 1e4          # past this, logits / T is ~0 in float32 anyway: a uniform draw
@@ -57,6 +59,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's plus top k alternatives
     skip_special_tokens: bool = True
     use_speculation: bool = True  # per-request opt-out of speculative decoding
+    structured: StructuredOutput | None = None  # constrain the output (JSON schema, regex, choice, grammar)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -109,6 +112,8 @@ class SamplingParams:
             raise bad("stop_token_ids", f"must be a list of at most {MAX_STOP_TOKEN_IDS} token ids")
         if not all(_is_int(t) and 0 <= t < _I32_LIMIT for t in self.stop_token_ids):
             raise bad("stop_token_ids", "must be non-negative token ids")
+        if self.structured is not None and not isinstance(self.structured, StructuredOutput):
+            raise bad("structured", "must be a jaxserve.StructuredOutput")
 
     @property
     def greedy(self) -> bool:

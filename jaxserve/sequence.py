@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from jaxserve.outputs import FinishReason, RequestMetrics, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
@@ -33,9 +34,10 @@ class Sequence:
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
     text: str = ""                      # detokenized output so far (stop strings trimmed)
-    held_text: str = ""
+    held_text: str = ""                 # decoded but not yet emitted: may begin a stop string
     spec_misses: int = 0                # consecutive fully rejected proposals
-    spec_skip: int = 0                  # decode steps left before proposing again                 # decoded but not yet emitted: may begin a stop string
+    spec_skip: int = 0                  # decode steps left before proposing again
+    grammar: Any = None                 # structured.GrammarState when the request is constrained
 
     @property
     def all_ids(self) -> list[int]:

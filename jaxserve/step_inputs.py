@@ -15,6 +15,7 @@ from jaxserve.model.attention import ModelBatch
 from jaxserve.sampling import SamplingArrays
 from jaxserve.scheduler import PrefillChunk
 from jaxserve.sequence import Sequence
+from jaxserve.structured import pack_token_masks
 
 MIN_TABLE_PAGES = 8
 
@@ -200,8 +201,11 @@ def build_sampling(seqs: list[Sequence], rows: int, shapes: Shapes,
     # Round the logprob count to few values so it does not multiply compiles.
     if num_logprobs >= 0:
         num_logprobs = 0 if num_logprobs == 0 else (5 if num_logprobs <= 5 else 20)
+    masks = pack_token_masks([s.grammar for s in seqs], rows)
     return SamplingArrays(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=rep,
         presence_penalty=pres, frequency_penalty=freq, seeds=seeds, steps=steps, history=history,
         num_prompt=num_prompt, do_sample=do_sample, use_filters=use_filters,
-        use_penalties=use_penalties, num_logprobs=num_logprobs)
+        use_penalties=use_penalties, num_logprobs=num_logprobs,
+        token_mask=masks if masks is not None else np.zeros((rows, 1), np.int32),
+        use_mask=masks is not None)

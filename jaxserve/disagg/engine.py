@@ -52,6 +52,7 @@ class DisaggregatedEngine:
         self.max_model_len = self.decode.max_model_len
         self.transfer = KVTransfer(kv_sharding(self.decode_mesh, arch.num_kv_heads))
         self.prefill.handoff = self._on_prefilled
+        self.grammars = self.prefill.grammars   # a sequence carries its grammar state to decode
         self.requests: dict[str, list[Sequence]] = {}
         self._events: queue.Queue = queue.Queue()    # ("delta", SequenceDelta) | ("handoff", ...)
         self._lock = threading.Lock()                # guards self.prefill

@@ -158,8 +158,12 @@ def _add_error_handlers(app: FastAPI) -> None:
             loc = [str(x) for x in first.get("loc", ()) if x != "body"]
             # A union field (e.g. prompt) reports one error per member; name the field once.
             param = ".".join(x for x in loc if not _is_type_tag(x)) or None
-            err = APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-                                f" (got {short_repr(first.get('input'))})", param=param)
+            if first.get("type") == "extra_forbidden":   # never dropped silently
+                err = APIError(400, f"{param} is not a field this server knows or supports", param=param,
+                               code="unknown_field")
+            else:
+                err = APIError(400, f"{param or 'body'}: {first.get('msg', 'invalid value')}"
+                                    f" (got {short_repr(first.get('input'))})", param=param)
         return JSONResponse(err.body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jaxserve.server.serving import APIError
+from jaxserve.server.api_errors import APIError
 
 # Paths anyone may read even when an API key is set: probes, scrapes and the docs.
 OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json")

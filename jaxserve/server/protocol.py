@@ -1,16 +1,21 @@
 """Pydantic models of the OpenAI-compatible API: what requests may carry, what responses hold.
 
 Only shapes live here; serving.py turns requests into SamplingParams and engine deltas into
-responses. Unknown request fields are ignored, as OpenAI-compatible servers usually do; fields we
-cannot honour (echo, suffix, logit_bias, tools) are accepted by the schema and refused with a 400
-by serving.py, so the client learns why.
+responses. Nothing a client sends is dropped silently: an unknown field is a 400 naming it
+(`extra="forbid"`), and known fields we cannot honour (echo, suffix, logit_bias) are accepted by
+the schema and refused with a 400 by serving.py, so the client learns why.
 """
 from __future__ import annotations
 
 import time
 from typing import Literal, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+class _Request(BaseModel):
+    """A request body part: unknown fields are refused, not ignored."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
 
 # -- errors ------------------------------------------------------------------------------------
 
@@ -29,7 +34,7 @@ class ErrorResponse(BaseModel):
 # -- shared pieces -----------------------------------------------------------------------------
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Request):
     include_usage: bool = False
 
 
@@ -39,7 +44,28 @@ class UsageInfo(BaseModel):
     total_tokens: int
 
 
-class _SamplingFields(BaseModel):
+class JsonSchemaFormat(_Request):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """OpenAI's response_format: free text, any JSON object, or JSON fitting a schema."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Request):
+    """vLLM's structured_outputs extra: exactly one constraint."""
+    json_: dict | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+
+class _SamplingFields(_Request):
     """Sampling fields common to both endpoints: OpenAI's, then vLLM-style extras."""
 
     model: str | None = None
@@ -61,6 +87,13 @@ class _SamplingFields(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
+    # structured outputs: OpenAI's response_format, vLLM's structured_outputs and guided_* spellings
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 # -- /v1/completions ---------------------------------------------------------------------------
@@ -101,15 +134,49 @@ class CompletionResponse(BaseModel):
 # -- /v1/chat/completions ----------------------------------------------------------------------
 
 
-class ContentPart(BaseModel):
+class ContentPart(_Request):
     type: Literal["text"] = "text"
     text: str
 
 
-class ChatMessage(BaseModel):
+class FunctionDef(_Request):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    parameters: dict | None = None       # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class ToolDef(_Request):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str                       # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None     # an assistant turn that called tools
+    tool_call_id: str | None = None              # a tool turn: which call it answers
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -119,7 +186,9 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
-    tools: list[dict] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class TopLogprob(BaseModel):
@@ -138,7 +207,8 @@ class ChatLogprobs(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -157,9 +227,17 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ToolCallFunction | None = None
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatStreamChoice(BaseModel):
@@ -194,7 +272,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(_Request):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
@@ -208,7 +286,7 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(_Request):
     model: str | None = None
     tokens: list[int]
 

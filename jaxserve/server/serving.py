@@ -26,33 +26,12 @@ from jaxserve.metrics import ServerMetrics
 from jaxserve.outputs import FinishReason, SequenceDelta, TokenLogprob
 from jaxserve.sampling_params import SamplingParams, short_repr
 from jaxserve.server import protocol as p
+from jaxserve.server import tool_calls
 from jaxserve.server.admission import find_invalid_text, text_fits
+from jaxserve.server.api_errors import APIError, bad_request
+from jaxserve.structured import StructuredOutput
 
 _T = TypeVar("_T")
-# An error message is at most this long: no error echoes a whole (maybe megabytes long) input.
-MAX_ERROR_MESSAGE_CHARS = 1000
-
-
-class APIError(Exception):
-    """An error answered to the client: HTTP status plus OpenAI's error fields."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type = status, message, type
-        self.param, self.code, self.headers = param, code, headers or {}
-
-    def body(self) -> dict[str, Any]:
-        message = self.message
-        if len(message) > MAX_ERROR_MESSAGE_CHARS:
-            message = f"{message[:MAX_ERROR_MESSAGE_CHARS]}... (message cut at {MAX_ERROR_MESSAGE_CHARS} characters)"
-        info = p.ErrorInfo(message=message, type=self.type, param=self.param, code=self.code)
-        return p.ErrorResponse(error=info).model_dump()
-
-
-def bad_request(message: str, param: str | None = None) -> APIError:
-    return APIError(400, message, param=param)
 
 
 _LEADING_NAME = re.compile(r"^([a-z_][a-z0-9_.]*)\b")
@@ -73,6 +52,54 @@ def from_engine_error(e: Exception) -> APIError:
     if isinstance(e, (EngineNotReadyError, EngineDeadError)):
         return APIError(503, str(e), type="service_unavailable_error", code="engine_unavailable")
     raise TypeError(f"not an engine error: {e!r}")
+
+
+def structured_from_request(req: p._SamplingFields) -> StructuredOutput | None:
+    """The one constraint a request asks for (response_format, structured_outputs or guided_*).
+
+    Raises APIError 400 naming the field when two are given or one is malformed.
+    """
+    found: list[tuple[str, dict]] = []
+    rf = req.response_format
+    if rf is not None and rf.type == "json_object":
+        found.append(("response_format", {"json_object": True}))
+    elif rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None or rf.json_schema.schema_ is None:
+            raise bad_request("response_format.json_schema.schema is required for type json_schema",
+                              "response_format.json_schema")
+        found.append(("response_format", {"json": rf.json_schema.schema_}))
+    so = req.structured_outputs
+    if so is not None:
+        given = {k: v for k, v in (("json", so.json_), ("regex", so.regex), ("choice", so.choice),
+                                   ("grammar", so.grammar)) if v is not None}
+        if len(given) != 1:
+            raise bad_request(f"structured_outputs must set exactly one of json, regex, choice and "
+                              f"grammar, got {sorted(given) or 'none'}", "structured_outputs")
+        found.append(("structured_outputs", given))
+    for name, key in (("guided_json", "json"), ("guided_regex", "regex"), ("guided_choice", "choice"),
+                      ("guided_grammar", "grammar")):
+        if getattr(req, name) is not None:
+            found.append((name, {key: getattr(req, name)}))
+    if not found:
+        return None
+    if len(found) > 1:
+        raise bad_request(f"only one structured-output constraint may be given, got "
+                          f"{', '.join(name for name, _ in found)}", found[1][0])
+    name, fields = found[0]
+    if "choice" in fields:
+        fields = {"choice": tuple(fields["choice"])}
+    try:
+        return StructuredOutput(**fields)
+    except ValueError as e:
+        raise bad_request(f"{name}: {e}", name) from None
+
+
+def _structured_param(req: p._SamplingFields) -> str:
+    for name in ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                 "guided_grammar"):
+        if getattr(req, name) is not None:
+            return name
+    return "response_format"
 
 
 def _request_ids(prefix: str, client_request_id: str | None) -> tuple[str, str]:
@@ -161,6 +188,21 @@ class OpenAIServing:
             raise bad_request(f"{where} is not valid UTF-8 text (it holds a lone surrogate or an "
                               f"invalid byte)", where)
 
+    async def _structured(self, req: p._SamplingFields) -> StructuredOutput | None:
+        """The request's constraint, compiled on the tokenizer threads (the engine finds it cached)."""
+        spec = structured_from_request(req)
+        return None if spec is None else await self._compile(spec, _structured_param(req))
+
+    async def _compile(self, spec: StructuredOutput, param: str) -> StructuredOutput:
+        grammars = getattr(self.engine, "grammars", None)
+        if grammars is None:
+            raise bad_request(f"{param} (structured outputs) is not supported by this server", param)
+        try:
+            await self._off_loop(grammars.compile, spec)
+        except ValueError as e:
+            raise bad_request(f"{param}: {e}", param) from None
+        return spec
+
     def _check_text_length(self, num_chars: int, param: str) -> None:
         if not text_fits(num_chars, self.max_model_len, self._max_token_chars):
             raise bad_request(f"{param} has {num_chars} characters, more than model.max_model_len "
@@ -215,7 +257,9 @@ class OpenAIServing:
         self.check_text(req)
         prompt_ids, prompt_text = await self._off_loop(self._completion_prompt, req.prompt)
         max_tokens = self._max_tokens(prompt_ids, req.max_tokens, "max_tokens", default=16)
-        params = self._params(req, max_tokens=max_tokens, logprobs=req.logprobs, rename={})
+        structured = await self._structured(req)
+        params = self._params(req, max_tokens=max_tokens, logprobs=req.logprobs, rename={},
+                              structured=structured)
         request_id, engine_id = _request_ids("cmpl", client_request_id)
         deltas, tracker = await self._open(engine_id, prompt_ids, params, prompt_text, arrival_s, {})
         created = int(time.time())
@@ -264,39 +308,58 @@ class OpenAIServing:
         self.check_model(req.model)
         if req.logit_bias:
             raise bad_request("logit_bias is not supported by this server", "logit_bias")
-        if req.tools:
-            raise bad_request("tools are not supported by this server", "tools")
         if req.top_logprobs is not None and not req.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
         self.check_text(req)
-        prompt_ids = await self._off_loop(self._encode_chat, req.messages, req.add_generation_prompt)
+        mode = tool_calls.tool_mode(req)
+        prompt_ids = await self._off_loop(self._encode_chat, req.messages, req.add_generation_prompt,
+                                          req.tools if mode else None)
         name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         max_tokens = self._max_tokens(prompt_ids, requested, name, default=None)
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         rename = {"max_tokens": name, "logprobs": "top_logprobs"}
-        params = self._params(req, max_tokens=max_tokens, logprobs=logprobs, rename=rename)
+        structured = await self._structured(req)
+        if mode in ("required", "named"):
+            if structured is not None:
+                raise bad_request(f"{_structured_param(req)} cannot be combined with tool_choice "
+                                  f"{'required' if mode == 'required' else 'naming a function'}", "tool_choice")
+            structured = await self._compile(tool_calls.call_constraint(req, mode), "tools")
+        params = self._params(req, max_tokens=max_tokens, logprobs=logprobs, rename=rename,
+                              structured=structured)
         request_id, engine_id = _request_ids("chatcmpl", client_request_id)
         deltas, tracker = await self._open(engine_id, prompt_ids, params, None, arrival_s, rename)
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return self._chat_stream(request_id, engine_id, created, len(prompt_ids), params.n, deltas,
-                                     tracker, include_usage, req.logprobs)
+                                     tracker, include_usage, req.logprobs,
+                                     (mode, req.tools) if mode else None)
         texts, lps, reasons = await self._collect(deltas, tracker, params.n)
-        choices = [p.ChatChoice(index=i, message=p.ChatMessageOut(content=texts[i]),
-                                finish_reason=_finish(reasons[i]),
-                                logprobs=self._chat_logprobs(lps[i]) if req.logprobs else None)
-                   for i in range(params.n)]
+        choices = []
+        for i in range(params.n):
+            message, reason = p.ChatMessageOut(content=texts[i]), _finish(reasons[i])
+            if mode:
+                content, calls = tool_calls.parse_tool_calls(texts[i], mode, req.tools)
+                if calls:
+                    message = p.ChatMessageOut(content=content, tool_calls=calls)
+                    reason = "tool_calls" if reason == "stop" else reason
+            choices.append(p.ChatChoice(index=i, message=message, finish_reason=reason,
+                                        logprobs=self._chat_logprobs(lps[i]) if req.logprobs else None))
         return p.ChatCompletionResponse(id=request_id, created=created, model=self.model_name,
                                         choices=choices, usage=self._usage(len(prompt_ids), tracker))
 
     async def _chat_stream(self, request_id: str, engine_id: str, created: int, num_prompt: int, n: int,
                            deltas: AsyncIterator[SequenceDelta], tracker: _Tracker,
-                           include_usage: bool, want_logprobs: bool) -> AsyncIterator[str]:
+                           include_usage: bool, want_logprobs: bool,
+                           tools: tuple[str, list[p.ToolDef]] | None = None) -> AsyncIterator[str]:
+        """SSE chunks; with tools in play a choice's text is held back and sent whole at its end,
+        as tool-call deltas when it holds calls (a call's JSON is only known to parse then)."""
         def chunk(choices: list[p.ChatStreamChoice], usage: p.UsageInfo | None = None) -> str:
             return _sse(p.ChatCompletionChunk(id=request_id, created=created, model=self.model_name,
                                               choices=choices, usage=usage))
+
+        held: dict[int, list[str]] = {}
 
         try:
             for i in range(n):
@@ -305,9 +368,16 @@ class OpenAIServing:
                 if not (d.text or d.finished or (want_logprobs and d.logprobs)):
                     continue
                 lps = self._chat_logprobs(d.logprobs or []) if want_logprobs else None
-                delta = p.DeltaMessage(content=d.text) if d.text else p.DeltaMessage()
+                reason = _finish(d.finish_reason)
+                if tools is not None:
+                    held.setdefault(d.index, []).append(d.text)
+                    if not d.finished:
+                        continue
+                    delta, reason = self._tool_delta("".join(held.pop(d.index)), reason, *tools)
+                else:
+                    delta = p.DeltaMessage(content=d.text) if d.text else p.DeltaMessage()
                 yield chunk([p.ChatStreamChoice(index=d.index, delta=delta, logprobs=lps,
-                                                finish_reason=_finish(d.finish_reason))])
+                                                finish_reason=reason)])
             if include_usage:
                 yield chunk([], self._usage(num_prompt, tracker))
         except APIError as e:
@@ -316,6 +386,17 @@ class OpenAIServing:
             self.engine.abort(engine_id)
             tracker.close()
         yield _DONE
+
+    @staticmethod
+    def _tool_delta(text: str, reason: str | None, mode: str, tools: list[p.ToolDef]
+                    ) -> tuple[p.DeltaMessage, str | None]:
+        content, calls = tool_calls.parse_tool_calls(text, mode, tools)
+        if not calls:
+            return p.DeltaMessage(content=text or None), reason
+        deltas = [p.ToolCallDelta(index=i, id=c.id, type="function", function=c.function)
+                  for i, c in enumerate(calls)]
+        return (p.DeltaMessage(content=content, tool_calls=deltas),
+                "tool_calls" if reason == "stop" else reason)
 
     # -- shared steps ----------------------------------------------------------------------
 
@@ -341,16 +422,23 @@ class OpenAIServing:
         if bad:
             raise bad_request(f"{param} must hold token ids in [0, {vocab}), got {bad[0]}", param)
 
-    def _encode_chat(self, messages: list[p.ChatMessage], add_generation_prompt: bool) -> list[int]:
+    def _encode_chat(self, messages: list[p.ChatMessage], add_generation_prompt: bool,
+                     tools: list[p.ToolDef] | None = None) -> list[int]:
         convo = []
         for m in messages:
             content = m.content if isinstance(m.content, str) or m.content is None \
                 else "".join(part.text for part in m.content)
-            convo.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
+            content = tool_calls.history_text(m, content or "")
+            convo.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+        extra: dict = {}
+        if tools:
+            convo, extra = tool_calls.render_tools(
+                convo, tools, tool_calls.template_takes_tools(getattr(self.tokenizer, "chat_template", "")))
         # The template only adds text: contents that cannot fit are refused before rendering it.
         self._check_text_length(sum(len(m["content"]) for m in convo), "messages")
         try:
-            text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=add_generation_prompt)
+            text = self.tokenizer.apply_chat_template(convo, add_generation_prompt=add_generation_prompt,
+                                                      **extra)
         except ValueError as e:   # an empty conversation, or the template's own raise_exception
             raise bad_request(str(e), "messages") from None
         # The template writes the special tokens itself.
@@ -370,8 +458,8 @@ class OpenAIServing:
         return requested
 
     def _params(self, req: p._SamplingFields, max_tokens: int, logprobs: int | None,
-                rename: dict[str, str]) -> SamplingParams:
-        fields = dict(
+                rename: dict[str, str], structured: StructuredOutput | None = None) -> SamplingParams:
+        fields = dict(structured=structured,
             n=req.n, max_tokens=max_tokens, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty, seed=req.seed, ignore_eos=req.ignore_eos,
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
