@@ -46,12 +46,27 @@ class ModelArch:
     qkv_bias: bool = False      # Qwen2-style checkpoints carry q/k/v biases
     qk_norm: bool = False       # Qwen3: RMSNorm over each head's q and k before RoPE
     sliding_window: int | None = None   # Mistral: each token attends to this many, itself included
+    # Gemma: per-layer kinds, "sliding" (sliding_window, rope_local_theta, no scaling) or "full"
+    # (rope_theta, rope_scaling); None: every layer alike.
+    layer_kinds: tuple[str, ...] | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None  # logit scale 1/sqrt(this) instead of 1/sqrt(D)
+    attn_soft_cap: float | None = None          # attention logits -> cap * tanh(logits / cap)
+    final_soft_cap: float | None = None         # LM-head logits, likewise
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
         if isinstance(self.rope_scaling, dict):      # from the orbax cache's JSON
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if isinstance(self.layer_kinds, list):       # likewise
+            object.__setattr__(self, "layer_kinds", tuple(self.layer_kinds))
+        if self.layer_kinds is not None:
+            if len(self.layer_kinds) != self.num_layers or set(self.layer_kinds) - {"sliding", "full"}:
+                raise ValueError(f"layer_kinds must give 'sliding' or 'full' for each of the "
+                                 f"{self.num_layers} layers, got {self.layer_kinds}")
+            if "sliding" in self.layer_kinds and self.sliding_window is None:
+                raise ValueError("sliding layers need a sliding_window")
         if self.sliding_window is not None and not self.sliding_window > 0:
             raise ValueError(f"sliding_window must be > 0 or None, got {self.sliding_window}")
 

@@ -26,6 +26,10 @@ The module defines `FAMILY = ModelFamily(...)`, which must provide:
   layer_param_shapes arch -> one layer's {module: {param: ShapeDtypeStruct}}
   init_random_params (arch, key, dtype) -> params, for tests and benchmarks
   tp_column, tp_row  modules whose kernel [L, in, out] is split over `out` (and bias) / over `in`
+  arrange_layers     optional: stacked {module: {param: [L, ...]}} -> the layout forward reads
+                     (Gemma: one stack per layer kind); by default the stack itself
+  hf_norm_offset     optional: added to every RMSNorm weight of a Hugging Face checkpoint
+                     (Gemma stores w of a (1 + w) scale; llama.cpp adds the 1 when converting)
 
 All params share one layout (see layers.py), so bf16 lowering and sharding need nothing more.
 """
@@ -41,6 +45,8 @@ _FAMILY_MODULES = (
     "jaxserve.model.families.qwen2",
     "jaxserve.model.families.qwen3",
     "jaxserve.model.families.phi3",
+    "jaxserve.model.families.gemma2",
+    "jaxserve.model.families.gemma3",
 )
 
 
@@ -63,6 +69,8 @@ class ModelFamily:
     init_random_params: Callable
     tp_column: tuple[str, ...]
     tp_row: tuple[str, ...]
+    arrange_layers: Callable = lambda layers, arch: layers   # noqa: E731 (an instance field)
+    hf_norm_offset: float = 0.0
 
 
 _loaded: dict[str, ModelFamily] | None = None

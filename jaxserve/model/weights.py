@@ -34,11 +34,13 @@ _GLOBAL_GGUF = {
 }
 
 
-def build_params(family: ModelFamily, arch: ModelArch, tensors: CheckpointTensors, dtype) -> dict:
+def build_params(family: ModelFamily, arch: ModelArch, tensors: CheckpointTensors, dtype,
+                 norm_offset: float = 0.0) -> dict:
     """Convert HF-named tensors ([out, in]) into the Flax params pytree, layers stacked on L.
 
     Every tensor is checked against the shape the family's module declares, and every tensor of
     the checkpoint must be used: a mismatch raises here, at load, naming the tensor.
+    norm_offset is added to every RMSNorm scale (see ModelFamily.hf_norm_offset).
     """
     shapes = family.layer_param_shapes(arch)
     per_layer = [family.convert_layer(LayerTensors(tensors, i, shapes), arch)
@@ -49,12 +51,16 @@ def build_params(family: ModelFamily, arch: ModelArch, tensors: CheckpointTensor
             if any(name not in layer.get(module, {}) for layer in per_layer):
                 raise CheckpointError(f"{tensors.source}: the {family.name} converter gave no "
                                       f"{module}.{name}")
-            layers.setdefault(module, {})[name] = np.stack([l[module][name] for l in per_layer]).astype(dtype)
+            stacked = np.stack([l[module][name] for l in per_layer])
+            if name == "scale":
+                stacked = stacked + np.float32(norm_offset)
+            layers.setdefault(module, {})[name] = stacked.astype(dtype)
     V, E = arch.vocab_size, arch.hidden_size
+    final_norm = tensors.take("model.norm.weight", (E,)) + np.float32(norm_offset)
     params = {
         "embed": tensors.take("model.embed_tokens.weight", (V, E)).astype(dtype),
-        "layers": layers,
-        "final_norm": {"scale": tensors.take("model.norm.weight", (E,)).astype(dtype)},
+        "layers": family.arrange_layers(layers, arch),
+        "final_norm": {"scale": final_norm.astype(dtype)},
     }
     if not arch.tie_word_embeddings:
         params["lm_head"] = tensors.take("lm_head.weight", (V, E)).astype(dtype)
@@ -132,7 +138,8 @@ def load_safetensors_dir(path: str | os.PathLike, dtype=np.float32) -> tuple[Mod
         tensors.update(_load_safetensors_f32(f, load_file))
     if not tensors:
         raise ValueError(f"{path}: no *.safetensors files")
-    return arch, build_params(family, arch, CheckpointTensors(tensors.get, tensors, str(path)), dtype)
+    return arch, build_params(family, arch, CheckpointTensors(tensors.get, tensors, str(path)), dtype,
+                              norm_offset=family.hf_norm_offset)
 
 
 def read_hf_arch(path: Path) -> tuple[ModelFamily, ModelArch]:

@@ -27,6 +27,7 @@ class FamilySpec:
     model_class: str
     config: dict = field(default_factory=dict)
     sliding_window: int | None = None
+    seed: int = 0              # another where seed 0 happens to put a near-tie early in a prompt
 
 
 FAMILIES = {
@@ -46,6 +47,19 @@ FAMILIES = {
     "phi3": FamilySpec("Phi3Config", "Phi3ForCausalLM", dict(pad_token_id=0, bos_token_id=1,
                                                             eos_token_id=2, sliding_window=16),
                        sliding_window=16),
+    # 4 layers: two groups of (sliding, full) in the outer scan. Soft caps low enough to bite.
+    "gemma2": FamilySpec("Gemma2Config", "Gemma2ForCausalLM", dict(
+        num_hidden_layers=4, head_dim=16, sliding_window=8, query_pre_attn_scalar=24,
+        attn_logit_softcapping=5.0, final_logit_softcapping=30.0), sliding_window=8, seed=1),
+    # 5 layers (sliding, sliding, full) + a partial group (sliding, sliding); local and global
+    # RoPE bases differ and the global one is linearly scaled, as in Gemma 3 4B.
+    "gemma3": FamilySpec("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        num_hidden_layers=5, head_dim=32, sliding_window=8, query_pre_attn_scalar=24,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                     "sliding_attention", "sliding_attention"],
+        rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1000000.0),
+                         "sliding_attention": dict(rope_type="default", rope_theta=10000.0)}),
+        sliding_window=8),
 }
 
 
@@ -59,12 +73,12 @@ def write_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
         {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}))
 
 
-def make_hf_model(spec: FamilySpec, path: Path, tokenizer: Tokenizer, seed: int = 0):
+def make_hf_model(spec: FamilySpec, path: Path, tokenizer: Tokenizer):
     """Build, perturb and save_pretrained (safetensors) a random model; returns it (eval mode)."""
     import torch
     import transformers
 
-    torch.manual_seed(seed)
+    torch.manual_seed(spec.seed)
     config = getattr(transformers, spec.config_class)(
         vocab_size=tokenizer.vocab_size, **{**SMALL, **spec.config})
     model = getattr(transformers, spec.model_class)(config).eval()

@@ -25,7 +25,7 @@ pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.slow      # about 20 s per family on a 2-core CPU, mostly XLA compiles
 
-LOGIT_ATOL = 1e-4       # float32 on both sides; observed about 1e-5 (logits span tens)
+LOGIT_ATOL = 2e-4       # float32 on both sides; observed 1.4e-5 to 1.0e-4 (logits span tens)
 NEAR_TIE = 1e-3
 MIN_COMPARED = 8
 NEW_TOKENS = 12
