@@ -25,7 +25,7 @@ import numpy as np
 from jaxserve.kv_cache import KVPages, write_kv
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch, paged_attention
-from jaxserve.model.layers import Dense, Params, RMSNorm, lm_head_logits
+from jaxserve.model.layers import Dense, Params, RMSNorm, layer_param_shapes_of, lm_head_logits
 from jaxserve.model.rope import apply_rope, rope_frequencies
 
 KINDS = ("sliding", "full")
@@ -145,18 +145,9 @@ def forward(params: Params, kv: KVPages, batch: ModelBatch, *, arch: ModelArch,
 
 
 def layer_param_shapes(arch: ModelArch) -> dict:
-    """One layer's params as ShapeDtypeStructs; both kinds have the same."""
-    T, E = 4, arch.hidden_size
-    dummy = ModelBatch(
-        tokens=jnp.zeros((T,), jnp.int32), positions=jnp.arange(T, dtype=jnp.int32),
-        slots=jnp.zeros((T,), jnp.int32), block_tables=jnp.zeros((1, 1), jnp.int32),
-        kv_lens=jnp.zeros((1,), jnp.int32), cu_q_lens=jnp.array([0, T], jnp.int32),
-        logits_indices=jnp.zeros((1,), jnp.int32), mode="prefill", max_q_len=T)
-    pool = jnp.zeros((1, 2, 4, arch.num_kv_heads, arch.head_dim), jnp.float32)
+    """One layer's params as ShapeDtypeStructs, {module: {name: [...]}} (both kinds alike)."""
     layer = GemmaLayer(arch, AttentionOptions(impl="reference"), sliding=False)
-    return jax.eval_shape(
-        lambda k: layer.init(k, jnp.zeros((T, E)), pool, pool, jnp.int32(0), dummy)["params"],
-        jax.random.key(0))
+    return layer_param_shapes_of(layer, arch.hidden_size, arch.num_kv_heads, arch.head_dim)
 
 
 def init_random_params(arch: ModelArch, key: jax.Array, dtype=jnp.float32) -> Params:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxserve.model.attention import ModelBatch
 from pallas_kernels.common import BF16_BITS
 
 Params = dict[str, Any]
@@ -84,3 +85,21 @@ def with_bf16_matmuls(params: Params) -> Params:
     if head is not None:
         low["lm_head"] = np.asarray(head, np.float32).astype(jnp.bfloat16)
     return low
+
+
+def layer_param_shapes_of(layer: nn.Module, hidden_size: int, num_kv_heads: int, head_dim: int) -> dict:
+    """A decoder layer's params as jax.ShapeDtypeStructs, {module: {name: [...]}}, by tracing its
+    init on a dummy 4-token prefill (jax.eval_shape: nothing runs or compiles).
+
+    The loaders check every checkpoint tensor against these, so a wrong shape fails at load.
+    """
+    T = 4
+    dummy = ModelBatch(
+        tokens=jnp.zeros((T,), jnp.int32), positions=jnp.arange(T, dtype=jnp.int32),
+        slots=jnp.zeros((T,), jnp.int32), block_tables=jnp.zeros((1, 1), jnp.int32),
+        kv_lens=jnp.zeros((1,), jnp.int32), cu_q_lens=jnp.array([0, T], jnp.int32),
+        logits_indices=jnp.zeros((1,), jnp.int32), mode="prefill", max_q_len=T)
+    pool = jnp.zeros((1, 2, 4, num_kv_heads, head_dim), jnp.float32)
+    return jax.eval_shape(
+        lambda k: layer.init(k, jnp.zeros((T, hidden_size)), pool, pool, jnp.int32(0), dummy)["params"],
+        jax.random.key(0))
