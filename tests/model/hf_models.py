@@ -73,14 +73,13 @@ def write_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
         {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}))
 
 
-def make_hf_model(spec: FamilySpec, path: Path, tokenizer: Tokenizer):
-    """Build, perturb and save_pretrained (safetensors) a random model; returns it (eval mode)."""
+def build_hf_model(spec: FamilySpec, vocab_size: int):
+    """A random transformers model of the family, norms and biases redrawn (eval mode)."""
     import torch
     import transformers
 
     torch.manual_seed(spec.seed)
-    config = getattr(transformers, spec.config_class)(
-        vocab_size=tokenizer.vocab_size, **{**SMALL, **spec.config})
+    config = getattr(transformers, spec.config_class)(vocab_size=vocab_size, **{**SMALL, **spec.config})
     model = getattr(transformers, spec.model_class)(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -88,6 +87,12 @@ def make_hf_model(spec: FamilySpec, path: Path, tokenizer: Tokenizer):
                 p.copy_(0.3 * torch.randn_like(p))
             elif "norm" in name:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    return model
+
+
+def make_hf_model(spec: FamilySpec, path: Path, tokenizer: Tokenizer):
+    """build_hf_model, saved with save_pretrained (safetensors) and the tokenizer beside it."""
+    model = build_hf_model(spec, tokenizer.vocab_size)
     model.save_pretrained(path, safe_serialization=True)
     write_tokenizer(tokenizer, path)
     return model
