@@ -9,7 +9,7 @@ import jax
 
 from jaxserve.config import EngineConfig
 from jaxserve.model.arch import ModelArch, tiny_arch
-from jaxserve.model.llama import init_random_params
+from jaxserve.model.registry import get_family
 from jaxserve.model.source import KNOWN_MODELS, cache_dir, resolve_model_source
 from jaxserve.model.weights import load_checkpoint
 from jaxserve.tokenizer import Tokenizer
@@ -26,7 +26,7 @@ def load_model(config: EngineConfig) -> tuple[ModelArch, dict, Tokenizer, str]:
         tok_path = resolve_model_source(next(iter(KNOWN_MODELS)))
         tokenizer = Tokenizer.from_gguf(tok_path)
         arch = tiny_arch(vocab_size=tokenizer.vocab_size)
-        params = init_random_params(arch, jax.random.key(config.seed))
+        params = get_family(arch.family).init_random_params(arch, jax.random.key(config.seed))
         name = TINY_RANDOM
     else:
         path = resolve_model_source(source)
@@ -43,7 +43,7 @@ def load_draft(config: EngineConfig, vocab_size: int) -> tuple[ModelArch, dict]:
     spec = config.speculative
     if spec.draft_source == TINY_RANDOM:
         arch = tiny_arch(vocab_size=vocab_size)
-        return arch, init_random_params(arch, jax.random.key(config.seed + 1))
+        return arch, get_family(arch.family).init_random_params(arch, jax.random.key(config.seed + 1))
     path = resolve_model_source(spec.draft_source)
     ckpt_dir = Path(config.model.checkpoint_dir) if config.model.checkpoint_dir else cache_dir() / "params"
     arch, params = load_checkpoint(path, spec.draft_dtype, ckpt_dir)

@@ -17,7 +17,8 @@ import numpy as np
 from jaxserve.kv_cache import KVPages, allocate_kv_pages
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch
-from jaxserve.model.llama import forward, with_bf16_matmuls
+from jaxserve.model.layers import with_bf16_matmuls
+from jaxserve.model.registry import get_family
 from jaxserve.sampling import SampleResult, SamplingArrays, sample
 from jaxserve.spec.verify import VerifyResult, verify
 
@@ -49,6 +50,8 @@ class ModelRunner:
         """
         self.arch = arch
         self.mesh = mesh
+        family = get_family(arch.family)
+        forward = family.forward
         params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), params)
         if bf16_matmuls and jnp.dtype(dtype) != jnp.bfloat16:
             params = with_bf16_matmuls(params)
@@ -57,7 +60,7 @@ class ModelRunner:
             self.kv = allocate_kv_pages(arch, num_pages, page_size, kv_dtype or dtype)
         else:
             from jaxserve.sharding import kv_sharding, shard_params
-            self.params = shard_params(params, mesh)
+            self.params = shard_params(params, mesh, family)
             self.kv = allocate_kv_pages(arch, num_pages, page_size, kv_dtype or dtype,
                                         sharding=kv_sharding(mesh, arch.num_kv_heads))
         self.opts = opts

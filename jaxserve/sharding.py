@@ -11,9 +11,6 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# Flax module name -> which axis of its stacked kernel [L, in, out] is split.
-_KERNEL_AXIS = {"wq": 2, "wk": 2, "wv": 2, "w_gate": 2, "w_up": 2, "wo": 1, "w_down": 1}
-_BIAS_AXIS = {"wq": 1, "wk": 1, "wv": 1}
 
 
 def make_mesh(device_ids: tuple[int, ...] | list[int]) -> Mesh:
@@ -33,15 +30,20 @@ def _spec(shape: tuple[int, ...], axis: int | None, size: int) -> P:
     return P(*parts)
 
 
-def shard_params(params: dict, mesh: Mesh) -> dict:
+def shard_params(params: dict, mesh: Mesh, family) -> dict:
+    """Place params on mesh: the family's column-parallel projections (registry tp_column) split
+    their kernels [L, in, out] on out and biases [L, out] too; row-parallel ones (tp_row) split
+    kernels on in; everything else is replicated."""
     size = mesh.size
+    kernel_axis = {**{m: 2 for m in family.tp_column}, **{m: 1 for m in family.tp_row}}
+    bias_axis = {m: 1 for m in family.tp_column}
 
     def place(path, leaf):
         keys = [getattr(k, "key", None) for k in path]
         axis = None
         if "layers" in keys and len(keys) >= 3:
             module, name = keys[-2], keys[-1]
-            axis = (_KERNEL_AXIS if name == "kernel" else _BIAS_AXIS if name == "bias" else {}).get(module)
+            axis = (kernel_axis if name == "kernel" else bias_axis if name == "bias" else {}).get(module)
         return jax.device_put(leaf, NamedSharding(mesh, _spec(leaf.shape, axis, size)))
 
     return jax.tree_util.tree_map_with_path(place, params)

@@ -42,17 +42,24 @@ class AttentionOptions:
 
 def paged_attention(q: jax.Array, k: jax.Array, v: jax.Array, k_pool: jax.Array,
                     v_pool: jax.Array, layer: jax.Array, batch: ModelBatch,
-                    opts: AttentionOptions) -> jax.Array:
+                    opts: AttentionOptions, *, sliding_window: int | None = None,
+                    soft_cap: float | None = None, scale: float | None = None) -> jax.Array:
     """q: [T, H, D]; k, v: [T, K, D] this step's, which the pools [L, P, S, K, D] already hold.
+
+    sliding_window: each query attends to its last `sliding_window` positions, itself included
+      (Hugging Face's convention); soft_cap: logits become soft_cap * tanh(logits / soft_cap);
+      scale: the logit scale, 1/sqrt(D) if None. All static: they are the layer kind's, not the step's.
 
     Returns [T, H, D]. A backend may read a prefill's fresh K/V from k, v instead of the pages.
     """
     num_pages = k_pool.shape[1]
     k_pages, v_pages = layer_view(k_pool), layer_view(v_pool)
     tables = batch.block_tables + layer * num_pages
+    options = dict(scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
+                   impl=opts.impl, interpret=opts.interpret)
     if batch.mode == "decode":
         return pallas_kernels.paged_decode_attention(
-            q, k_pages, v_pages, tables, batch.kv_lens, impl=opts.impl, interpret=opts.interpret)
+            q, k_pages, v_pages, tables, batch.kv_lens, **options)
     return pallas_kernels.ragged_prefill_attention(
         q, k_pages, v_pages, tables, batch.cu_q_lens, batch.kv_lens, max_q_len=batch.max_q_len,
-        k_new=k, v_new=v, impl=opts.impl, interpret=opts.interpret)
+        k_new=k, v_new=v, **options)

@@ -1,16 +1,15 @@
-"""Llama-family decoder in Flax: embed -> scan(layers) -> norm -> logits.
+"""Llama-style decoder in Flax: embed -> scan(layers) -> norm -> logits.
 
-GQA, RoPE (Hugging Face's rotate-half layout; GGUF q/k rows are un-permuted at load), RMSNorm,
-SwiGLU, tied or separate LM head, optional q/k/v bias (Qwen2). Layer weights are stacked on a
-leading L axis and iterated with `jax.lax.scan`, so the 30 layers of SmolLM2 compile once.
+GQA, RoPE (rope.py: default, linear, llama3), RMSNorm, SwiGLU, tied or separate LM head, and the
+switches the Llama-like families need: q/k/v bias (Qwen2), per-head q/k RMSNorm (Qwen3), a
+sliding window (Mistral, Phi-3). Layer weights are stacked on a leading L axis and iterated with
+`jax.lax.scan`, so every layer compiles once (all layers here are of one kind).
 
 The KV pools ride in the scan carry: each layer scatters its new K/V into the pools and the
 attention interface reads them back through block tables, so prefill chunks and decode tokens
 see their whole cached context without any per-step copy.
 """
 from __future__ import annotations
-
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -20,57 +19,12 @@ import numpy as np
 from jaxserve.kv_cache import KVPages, write_kv
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch, paged_attention
-from pallas_kernels.common import BF16_BITS
+from jaxserve.model.layers import (Dense, Params, RMSNorm, layer_param_shapes_of, lm_head_logits,
+                                   with_bf16_matmuls)
+from jaxserve.model.rope import apply_rope, rope_frequencies
 
-Params = dict[str, Any]
-
-
-class RMSNorm(nn.Module):
-    eps: float
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * scale.astype(jnp.float32)).astype(x.dtype)
-
-
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate-half RoPE. x: [T, N, D]; positions: i32[T]."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))   # f32[D/2]
-    angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]        # f32[T, D/2]
-    cos = jnp.cos(angles)[:, None, :]
-    sin = jnp.sin(angles)[:, None, :]
-    x32 = x.astype(jnp.float32)
-    x1, x2 = x32[..., : d // 2], x32[..., d // 2:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
-class Dense(nn.Module):
-    """x @ kernel (+ bias), kernel [in, out], in x's dtype.
-
-    A uint16 kernel holds bfloat16 bits (see with_bf16_matmuls): x is then multiplied in bf16 with
-    an f32 result, the fast form on CPUs with AVX512-BF16 and on tensor cores. The bits ride in
-    uint16 because XLA:CPU, given bf16 weights stacked for the layer scan, hoists an f32 copy of
-    all of them out of the loop and converts each layer's slice back, every step.
-    """
-
-    features: int
-    use_bias: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-        if kernel.dtype == BF16_BITS:
-            y = jnp.dot(x.astype(jnp.bfloat16), jax.lax.bitcast_convert_type(kernel, jnp.bfloat16),
-                        preferred_element_type=jnp.float32).astype(x.dtype)
-        else:
-            y = jnp.dot(x, kernel.astype(x.dtype))
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
-        return y
+__all__ = ["DecoderLayer", "Dense", "forward", "init_random_params", "layer_param_shapes",
+           "with_bf16_matmuls"]
 
 
 class DecoderLayer(nn.Module):
@@ -89,11 +43,16 @@ class DecoderLayer(nn.Module):
         q = dense(a.num_heads * a.head_dim, "wq", a.qkv_bias)(h).reshape(T, a.num_heads, a.head_dim)
         k = dense(a.num_kv_heads * a.head_dim, "wk", a.qkv_bias)(h).reshape(T, a.num_kv_heads, a.head_dim)
         v = dense(a.num_kv_heads * a.head_dim, "wv", a.qkv_bias)(h).reshape(T, a.num_kv_heads, a.head_dim)
-        q = rope(q, batch.positions, a.rope_theta)
-        k = rope(k, batch.positions, a.rope_theta)
+        if a.qk_norm:                               # Qwen3: one [D] scale shared by all heads
+            q = RMSNorm(a.rms_norm_eps, name="q_norm")(q)
+            k = RMSNorm(a.rms_norm_eps, name="k_norm")(k)
+        inv_freq = rope_frequencies(a.head_dim, a.rope_theta, a.rope_scaling)
+        q = apply_rope(q, batch.positions, inv_freq)
+        k = apply_rope(k, batch.positions, inv_freq)
         k_pool = write_kv(k_pool, layer, batch.slots, k)
         v_pool = write_kv(v_pool, layer, batch.slots, v)
-        attn = paged_attention(q, k, v, k_pool, v_pool, layer, batch, self.opts)    # [T, H, D]
+        attn = paged_attention(q, k, v, k_pool, v_pool, layer, batch, self.opts,
+                               sliding_window=a.sliding_window)                   # [T, H, D]
         x = x + dense(a.hidden_size, "wo")(attn.reshape(T, -1).astype(x.dtype))
 
         h = RMSNorm(a.rms_norm_eps, name="mlp_norm")(x)
@@ -125,34 +84,13 @@ def forward(params: Params, kv: KVPages, batch: ModelBatch, *, arch: ModelArch,
 
     h = jnp.take(x, batch.logits_indices, axis=0)                # [N, E]
     h = RMSNorm(arch.rms_norm_eps).apply({"params": params["final_norm"]}, h)
-    head = params["lm_head"] if "lm_head" in params else embed   # [V, E]
-    rows = h.shape[0]
-    if head.dtype == jnp.bfloat16 and rows == 1:
-        # XLA:CPU turns a one-row bf16 product into a conversion of the whole head to f32
-        # (36 ms for SmolLM2) and an f32 one; from two rows up it multiplies in bf16.
-        h = jnp.pad(h, ((0, 1), (0, 0)))
-    logits = jnp.einsum("ne,ve->nv", h.astype(head.dtype), head, preferred_element_type=jnp.float32)
-    logits = logits[:rows]
-    return logits, KVPages(k=k_pool, v=v_pool)
+    return lm_head_logits(params, h), KVPages(k=k_pool, v=v_pool)
 
 
-def with_bf16_matmuls(params: Params) -> Params:
-    """Projections in bfloat16: the layers' kernels rounded and held as their uint16 bits (see
-    Dense), and the LM head as a bf16 array of its own (for tied embeddings, a rounded copy).
-
-    The head lies outside the layer loop, so plain bf16 is safe there; in f32 it was about a
-    tenth of a 2-row decode step. Activations, norms, the embedding lookup and the KV cache
-    keep their dtype. Takes and returns host (numpy) params.
-    """
-    def lower(path, leaf):
-        if getattr(path[-1], "key", None) != "kernel":
-            return leaf
-        return np.asarray(leaf, np.float32).astype(jnp.bfloat16).view(BF16_BITS)
-    low = {**params, "layers": jax.tree_util.tree_map_with_path(lower, params["layers"])}
-    head = params.get("lm_head", params.get("embed"))
-    if head is not None:
-        low["lm_head"] = np.asarray(head, np.float32).astype(jnp.bfloat16)
-    return low
+def layer_param_shapes(arch: ModelArch) -> dict:
+    """One layer's params as ShapeDtypeStructs, {module: {name: [...]}}."""
+    layer = DecoderLayer(arch, AttentionOptions(impl="reference"))
+    return layer_param_shapes_of(layer, arch.hidden_size, arch.num_kv_heads, arch.head_dim)
 
 
 def init_random_params(arch: ModelArch, key: jax.Array, dtype=jnp.float32) -> Params:
@@ -161,16 +99,8 @@ def init_random_params(arch: ModelArch, key: jax.Array, dtype=jnp.float32) -> Pa
     Shapes come from the module (jax.eval_shape, nothing compiled); values from numpy, which
     fills a 49k-token embedding in milliseconds where a traced init takes seconds.
     """
-    T, E = 4, arch.hidden_size
-    dummy = ModelBatch(
-        tokens=jnp.zeros((T,), jnp.int32), positions=jnp.arange(T, dtype=jnp.int32),
-        slots=jnp.zeros((T,), jnp.int32), block_tables=jnp.zeros((1, 1), jnp.int32),
-        kv_lens=jnp.zeros((1,), jnp.int32), cu_q_lens=jnp.array([0, T], jnp.int32),
-        logits_indices=jnp.zeros((1,), jnp.int32), mode="prefill", max_q_len=T)
-    pool = jnp.zeros((1, 2, 4, arch.num_kv_heads, arch.head_dim), jnp.float32)
-    layer = DecoderLayer(arch, AttentionOptions(impl="reference"))
-    shapes = jax.eval_shape(
-        lambda k: layer.init(k, jnp.zeros((T, E)), pool, pool, jnp.int32(0), dummy)["params"], key)
+    E = arch.hidden_size
+    shapes = layer_param_shapes(arch)
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
 
     def fill(path, leaf):

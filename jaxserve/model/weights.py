@@ -1,7 +1,9 @@
 """Checkpoints -> (ModelArch, params pytree): GGUF, Hugging Face safetensors, and an orbax cache.
 
-Both formats are first mapped to Hugging Face tensor names with [out, in] matrices, then one
-function stacks the layers into the Flax layout ([in, out] kernels, leading L axis).
+The architecture named in the checkpoint picks a family from the registry. Both formats are
+first mapped to Hugging Face tensor names with [out, in] matrices (GGUF through the family's
+llama.cpp names), then the family converts each layer and build_params stacks the layers into
+the Flax layout ([in, out] kernels, leading L axis).
 """
 from __future__ import annotations
 
@@ -10,73 +12,60 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from jaxserve.model.arch import ModelArch
+from jaxserve.model.families.gguf_config import GGUFMeta
+from jaxserve.model.families.hf_config import MissingConfigField
+from jaxserve.model.param_map import CheckpointError, CheckpointTensors, LayerTensors
+from jaxserve.model.registry import ModelFamily, family_for_gguf, family_for_hf
 
 log = logging.getLogger(__name__)
 
-# HF suffix within a layer -> (flax module name, flax param name, transpose)
-_LAYER_MAP = {
-    "input_layernorm.weight": ("attn_norm", "scale", False),
-    "self_attn.q_proj.weight": ("wq", "kernel", True),
-    "self_attn.k_proj.weight": ("wk", "kernel", True),
-    "self_attn.v_proj.weight": ("wv", "kernel", True),
-    "self_attn.q_proj.bias": ("wq", "bias", False),
-    "self_attn.k_proj.bias": ("wk", "bias", False),
-    "self_attn.v_proj.bias": ("wv", "bias", False),
-    "self_attn.o_proj.weight": ("wo", "kernel", True),
-    "post_attention_layernorm.weight": ("mlp_norm", "scale", False),
-    "mlp.gate_proj.weight": ("w_gate", "kernel", True),
-    "mlp.up_proj.weight": ("w_up", "kernel", True),
-    "mlp.down_proj.weight": ("w_down", "kernel", True),
-}
-
-_GGUF_TO_HF = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-
 SUPPORTED_GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K")
 
+# Tensors outside the layers, the same in every family: Hugging Face name -> llama.cpp name.
+_GLOBAL_GGUF = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
 
-def build_params(arch: ModelArch, tensors: Callable[[str], np.ndarray | None], dtype) -> dict:
-    """Stack HF-named tensors ([out, in]) into the Flax params pytree."""
-    layers: dict[str, dict[str, list]] = {}
-    for i in range(arch.num_layers):
-        for suffix, (module, name, transpose) in _LAYER_MAP.items():
-            t = tensors(f"model.layers.{i}.{suffix}")
-            if t is None:
-                if name == "bias" and not arch.qkv_bias:
-                    continue
-                raise ValueError(f"checkpoint lacks model.layers.{i}.{suffix}")
-            layers.setdefault(module, {}).setdefault(name, []).append(t.T if transpose else t)
+
+def build_params(family: ModelFamily, arch: ModelArch, tensors: CheckpointTensors, dtype,
+                 norm_offset: float = 0.0) -> dict:
+    """Convert HF-named tensors ([out, in]) into the Flax params pytree, layers stacked on L.
+
+    Every tensor is checked against the shape the family's module declares, and every tensor of
+    the checkpoint must be used: a mismatch raises here, at load, naming the tensor.
+    norm_offset is added to every RMSNorm scale (see ModelFamily.hf_norm_offset).
+    """
+    shapes = family.layer_param_shapes(arch)
+    per_layer = [family.convert_layer(LayerTensors(tensors, i, shapes), arch)
+                 for i in range(arch.num_layers)]
+    layers: dict[str, dict[str, np.ndarray]] = {}
+    for module, module_shapes in shapes.items():
+        for name in module_shapes:
+            if any(name not in layer.get(module, {}) for layer in per_layer):
+                raise CheckpointError(f"{tensors.source}: the {family.name} converter gave no "
+                                      f"{module}.{name}")
+            stacked = np.stack([l[module][name] for l in per_layer])
+            if name == "scale":
+                stacked = stacked + np.float32(norm_offset)
+            layers.setdefault(module, {})[name] = stacked.astype(dtype)
+    V, E = arch.vocab_size, arch.hidden_size
+    final_norm = tensors.take("model.norm.weight", (E,)) + np.float32(norm_offset)
     params = {
-        "embed": tensors("model.embed_tokens.weight"),
-        "layers": {m: {n: np.stack(v).astype(dtype) for n, v in d.items()} for m, d in layers.items()},
-        "final_norm": {"scale": tensors("model.norm.weight")},
+        "embed": tensors.take("model.embed_tokens.weight", (V, E)).astype(dtype),
+        "layers": family.arrange_layers(layers, arch),
+        "final_norm": {"scale": final_norm.astype(dtype)},
     }
     if not arch.tie_word_embeddings:
-        params["lm_head"] = tensors("lm_head.weight")
-    for key in ("embed", "final_norm"):
-        if params[key] is None or (isinstance(params[key], dict) and params[key]["scale"] is None):
-            raise ValueError(f"checkpoint lacks {key}")
-    params["embed"] = params["embed"].astype(dtype)
-    params["final_norm"]["scale"] = params["final_norm"]["scale"].astype(dtype)
-    if "lm_head" in params:
-        params["lm_head"] = params["lm_head"].astype(dtype)
+        params["lm_head"] = tensors.take("lm_head.weight", (V, E)).astype(dtype)
+    elif tensors.has("lm_head.weight"):
+        tensors.read.add("lm_head.weight")       # a tied checkpoint that also stores the copy
+    tensors.check_all_read()
     return params
 
 
@@ -89,31 +78,27 @@ def _unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(out_dim, *rest)
 
 
-def read_gguf_arch(reader) -> ModelArch:
-    def field(name, default=None):
-        f = reader.fields.get(name)
-        return default if f is None else f.contents()
+def read_gguf_arch(reader, source: str = "GGUF") -> tuple[ModelFamily, ModelArch]:
+    meta = GGUFMeta(reader, source)
+    family = family_for_gguf(meta.arch_name, source)
+    return family, family.read_gguf_config(meta)
 
-    arch_name = field("general.architecture")
-    if arch_name not in ("llama", "qwen2", "mistral"):
-        raise ValueError(f"unsupported GGUF architecture {arch_name!r} (llama, qwen2, mistral)")
-    p = arch_name + "."
-    hidden = int(field(p + "embedding_length"))
-    heads = int(field(p + "attention.head_count"))
-    names = {t.name for t in reader.tensors}
-    vocab = field(p + "vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
-    return ModelArch(
-        vocab_size=int(vocab), hidden_size=hidden,
-        intermediate_size=int(field(p + "feed_forward_length")),
-        num_layers=int(field(p + "block_count")), num_heads=heads,
-        num_kv_heads=int(field(p + "attention.head_count_kv", heads)),
-        head_dim=int(field(p + "attention.key_length", hidden // heads)),
-        rope_theta=float(field(p + "rope.freq_base", 10000.0)),
-        rms_norm_eps=float(field(p + "attention.layer_norm_rms_epsilon", 1e-5)),
-        max_position=int(field(p + "context_length", 8192)),
-        tie_word_embeddings="output.weight" not in names,
-        qkv_bias="blk.0.attn_q.bias" in names,
-    )
+
+def _gguf_to_hf_names(family: ModelFamily, gguf_names) -> dict[str, str]:
+    """llama.cpp tensor name -> Hugging Face name; names no rule knows keep a `gguf:` prefix,
+    so the unused-tensor check can name them."""
+    layer = {g: h for h, g in family.gguf_tensor_names.items()}
+    glob = {g: h for h, g in _GLOBAL_GGUF.items()}
+    out = {}
+    for name in gguf_names:
+        parts = name.split(".", 2)
+        if name in glob:
+            out[name] = glob[name]
+        elif parts[0] == "blk" and len(parts) == 3 and parts[2] in layer:
+            out[name] = f"model.layers.{parts[1]}.{layer[parts[2]]}"
+        else:
+            out[name] = f"gguf:{name}"
+    return out
 
 
 def load_gguf(path: str | os.PathLike, dtype=np.float32) -> tuple[ModelArch, dict]:
@@ -121,46 +106,24 @@ def load_gguf(path: str | os.PathLike, dtype=np.float32) -> tuple[ModelArch, dic
     from gguf.quants import dequantize
 
     reader = GGUFReader(str(path))
-    arch = read_gguf_arch(reader)
-    by_name = {t.name: t for t in reader.tensors}
-    permute = arch_permutes_qk(reader)
+    family, arch = read_gguf_arch(reader, str(path))
+    hf_names = _gguf_to_hf_names(family, [t.name for t in reader.tensors])
+    by_hf = {hf_names[t.name]: t for t in reader.tensors}
 
-    def tensor(hf_name: str) -> np.ndarray | None:
-        gname = _hf_to_gguf(hf_name)
-        t = by_name.get(gname)
-        if t is None:
-            return None
+    def tensor(hf_name: str) -> np.ndarray:
+        t = by_hf[hf_name]
         if t.tensor_type.name not in SUPPORTED_GGUF_TYPES:
-            raise ValueError(f"{gname}: GGUF tensor type {t.tensor_type.name} is not supported "
+            raise ValueError(f"{t.name}: GGUF tensor type {t.tensor_type.name} is not supported "
                              f"({', '.join(SUPPORTED_GGUF_TYPES)})")
         w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
         w = w.reshape(tuple(int(d) for d in reversed(t.shape)))  # GGUF lists dims innermost first
-        if permute and gname.endswith(("attn_q.weight", "attn_q.bias")):
+        if family.gguf_permutes_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             w = _unpermute_qk(w, arch.num_heads)
-        elif permute and gname.endswith(("attn_k.weight", "attn_k.bias")):
+        elif family.gguf_permutes_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             w = _unpermute_qk(w, arch.num_kv_heads)
         return w
 
-    return arch, build_params(arch, tensor, dtype)
-
-
-def arch_permutes_qk(reader) -> bool:
-    """llama.cpp permutes q/k rows for llama-style models only (not qwen2's NeoX rope)."""
-    return reader.fields["general.architecture"].contents() in ("llama", "mistral")
-
-
-def _hf_to_gguf(hf_name: str) -> str:
-    if hf_name == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf_name == "model.norm.weight":
-        return "output_norm.weight"
-    if hf_name == "lm_head.weight":
-        return "output.weight"
-    _, _, i, suffix = hf_name.split(".", 3)
-    for g, h in _GGUF_TO_HF.items():
-        if h == suffix:
-            return f"blk.{i}.{g}"
-    raise KeyError(hf_name)
+    return arch, build_params(family, arch, CheckpointTensors(tensor, by_hf, str(path)), dtype)
 
 
 # ------------------------------------------------------------------------------ safetensors (HF)
@@ -168,24 +131,25 @@ def load_safetensors_dir(path: str | os.PathLike, dtype=np.float32) -> tuple[Mod
     from safetensors.numpy import load_file
 
     path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())
-    heads = cfg["num_attention_heads"]
-    arch = ModelArch(
-        vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"], num_layers=cfg["num_hidden_layers"],
-        num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads", heads),
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        rope_theta=float(cfg.get("rope_theta", 10000.0)), rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-        max_position=cfg.get("max_position_embeddings", 8192),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        qkv_bias=cfg.get("model_type") == "qwen2" or bool(cfg.get("attention_bias", False)),
-    )
+    family, arch = read_hf_arch(path)
     tensors: dict[str, np.ndarray] = {}
     for f in sorted(path.glob("*.safetensors")):
         tensors.update(_load_safetensors_f32(f, load_file))
     if not tensors:
         raise ValueError(f"{path}: no *.safetensors files")
-    return arch, build_params(arch, tensors.get, dtype)
+    return arch, build_params(family, arch, CheckpointTensors(tensors.get, tensors, str(path)), dtype,
+                              norm_offset=family.hf_norm_offset)
+
+
+def read_hf_arch(path: Path) -> tuple[ModelFamily, ModelArch]:
+    """config.json -> (family, arch), the family chosen by architectures[0]."""
+    source = str(path / "config.json")
+    cfg = json.loads((path / "config.json").read_text())
+    architectures = cfg.get("architectures") or []
+    if not architectures:
+        raise MissingConfigField(f"{source} lacks 'architectures', which names the model family")
+    family = family_for_hf(architectures[0], source)
+    return family, family.read_hf_config(cfg, source)
 
 
 def _load_safetensors_f32(f: Path, load_file) -> dict[str, np.ndarray]:
@@ -221,7 +185,7 @@ def _read_safetensors_raw(f: Path) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------- orbax cache
 # Bump when conversion changes what it produces (layout, names, dequantization, dtype handling):
 # entries saved by another version are then never restored.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3   # 3: the model registry (ModelArch.family, RoPE scaling, rope_parameters)
 
 
 def _source_files(source: Path) -> list[Path]:

@@ -1,0 +1,66 @@
+"""Reading llama.cpp's GGUF metadata (`{arch}.embedding_length`, ...) into ModelArch fields."""
+from __future__ import annotations
+
+from typing import Any
+
+from jaxserve.model.arch import ModelArch, RopeScaling
+from jaxserve.model.families.hf_config import MissingConfigField
+
+
+class GGUFMeta:
+    """A GGUFReader's metadata and tensor names, with errors that name the key."""
+
+    def __init__(self, reader, source: str = "GGUF"):
+        self.reader = reader
+        self.source = source
+        self.arch_name = self.get("general.architecture")
+        self.prefix = f"{self.arch_name}."
+        self.tensor_names = {t.name for t in reader.tensors}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        f = self.reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    def require(self, key: str) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise MissingConfigField(f"{self.source} lacks metadata {key!r}")
+        return value
+
+    def arch_key(self, key: str, default: Any = None, required: bool = False) -> Any:
+        return self.require(self.prefix + key) if required else self.get(self.prefix + key, default)
+
+
+def _rope_scaling(m: GGUFMeta) -> RopeScaling | None:
+    kind = m.arch_key("rope.scaling.type", "none")
+    if "rope_freqs.weight" in m.tensor_names:
+        # Llama 3.1's scaling, which llama.cpp stores as per-frequency factors, not parameters.
+        raise ValueError(f"{m.source}: rope_freqs.weight (Llama 3.1 RoPE scaling in GGUF) is not "
+                         "supported yet; load the Hugging Face checkpoint instead")
+    if kind == "none":
+        return None
+    if kind == "linear":
+        return RopeScaling(rope_type="linear", factor=float(m.arch_key("rope.scaling.factor", required=True)))
+    raise ValueError(f"{m.source}: GGUF rope scaling {kind!r} is not supported")
+
+
+def llama_like_gguf_arch(m: GGUFMeta, family: str, **fields: Any) -> ModelArch:
+    hidden = int(m.arch_key("embedding_length", required=True))
+    heads = int(m.arch_key("attention.head_count", required=True))
+    vocab = m.arch_key("vocab_size") or len(m.reader.fields["tokenizer.ggml.tokens"].data)
+    window = m.arch_key("attention.sliding_window")
+    base = dict(
+        family=family, vocab_size=int(vocab), hidden_size=hidden,
+        intermediate_size=int(m.arch_key("feed_forward_length", required=True)),
+        num_layers=int(m.arch_key("block_count", required=True)), num_heads=heads,
+        num_kv_heads=int(m.arch_key("attention.head_count_kv", heads)),
+        head_dim=int(m.arch_key("attention.key_length", hidden // heads)),
+        rope_theta=float(m.arch_key("rope.freq_base", 10000.0)), rope_scaling=_rope_scaling(m),
+        rms_norm_eps=float(m.arch_key("attention.layer_norm_rms_epsilon", 1e-5)),
+        max_position=int(m.arch_key("context_length", 8192)),
+        tie_word_embeddings="output.weight" not in m.tensor_names,
+        qkv_bias="blk.0.attn_q.bias" in m.tensor_names,
+        sliding_window=None if window is None else int(window),
+    )
+    base.update(fields)
+    return ModelArch(**base)
