@@ -6,7 +6,6 @@ sampled tokens and any requested logprobs together.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import time
 

@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import queue
 import threading
-import time
 
 from jaxserve.config import EngineConfig
 from jaxserve.disagg.kv_transfer import KVPayload, KVTransfer

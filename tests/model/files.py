@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jaxserve.model.arch import ModelArch
-from jaxserve.model.weights import _GGUF_TO_HF, _LAYER_MAP
+from jaxserve.model.param_map import LLAMA_GGUF, LLAMA_LAYER
 
 
 def hf_tensors(arch: ModelArch, params: dict) -> dict[str, np.ndarray]:
@@ -22,7 +22,8 @@ def hf_tensors(arch: ModelArch, params: dict) -> dict[str, np.ndarray]:
            "model.norm.weight": np.asarray(params["final_norm"]["scale"], np.float32)}
     if "lm_head" in params:
         out["lm_head.weight"] = np.asarray(params["lm_head"], np.float32)
-    for suffix, (module, name, transpose) in _LAYER_MAP.items():
+    for suffix, (module, name) in LLAMA_LAYER.items():
+        transpose = name == "kernel"   # Flax kernels are [in, out]; HF matrices [out, in]
         if name not in params["layers"].get(module, {}):
             continue
         stacked = np.asarray(params["layers"][module][name], np.float32)   # [L, ...]
@@ -36,7 +37,7 @@ def write_hf_dir(path: Path, arch: ModelArch, params: dict, dtype=np.float32) ->
     from safetensors.numpy import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    config = {"model_type": "llama", "vocab_size": arch.vocab_size, "hidden_size": arch.hidden_size,
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": arch.vocab_size, "hidden_size": arch.hidden_size,
               "intermediate_size": arch.intermediate_size, "num_hidden_layers": arch.num_layers,
               "num_attention_heads": arch.num_heads, "num_key_value_heads": arch.num_kv_heads,
               "head_dim": arch.head_dim, "rope_theta": arch.rope_theta, "rms_norm_eps": arch.rms_norm_eps,
@@ -61,7 +62,7 @@ def gguf_name(hf_name: str) -> str:
     if hf_name == "lm_head.weight":
         return "output.weight"
     _, _, i, suffix = hf_name.split(".", 3)
-    return f"blk.{i}.{ {h: g for g, h in _GGUF_TO_HF.items()}[suffix]}"
+    return f"blk.{i}.{LLAMA_GGUF[suffix]}"
 
 
 def write_gguf(path: Path, arch: ModelArch, params: dict, arch_name: str = "llama",

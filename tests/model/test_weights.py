@@ -40,7 +40,8 @@ def test_gguf_round_trip(tmp_path):
 @pytest.mark.parametrize("arch_name", ["llama", "mistral", "qwen2"])
 def test_gguf_architectures(tmp_path, arch_name):
     """llama and mistral files carry llama.cpp's q/k row permutation; qwen2 files do not, and have biases."""
-    arch = dataclasses.replace(ARCH, qkv_bias=arch_name == "qwen2")
+    arch = dataclasses.replace(ARCH, qkv_bias=arch_name == "qwen2",
+                               family="qwen2" if arch_name == "qwen2" else ARCH.family)
     params = _params(arch)
     got_arch, got = weights.load_gguf(write_gguf(tmp_path / "m.gguf", arch, params, arch_name))
     assert got_arch == arch

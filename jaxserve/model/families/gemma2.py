@@ -90,20 +90,14 @@ def read_hf_config(cfg: dict, source: str = "config.json"):
     return read_gemma_config(c, qk_norm=False, default_pattern=2)
 
 
-FAMILY = ModelFamily(
-    name=NAME,
-    hf_architectures=("Gemma2ForCausalLM",),
-    gguf_architectures=(),
-    read_hf_config=read_hf_config,
-    read_gguf_config=None,
-    convert_layer=convert_layer,
-    gguf_tensor_names={},
-    gguf_permutes_qk=False,
-    forward=gemma.forward,
-    layer_param_shapes=gemma.layer_param_shapes,
-    init_random_params=gemma.init_random_params,
-    tp_column=TP_COLUMN,
-    tp_row=TP_ROW,
-    arrange_layers=gemma.arrange_layers,
-    hf_norm_offset=1.0,
-)
+def gemma_family(name: str, hf_architecture: str, read_hf_config) -> ModelFamily:
+    """A family on the Gemma decoder (Hugging Face checkpoints; no GGUF mapping yet)."""
+    return ModelFamily(
+        name=name, hf_architectures=(hf_architecture,), gguf_architectures=(),
+        read_hf_config=read_hf_config, read_gguf_config=None, convert_layer=convert_layer,
+        gguf_tensor_names={}, gguf_permutes_qk=False, forward=gemma.forward,
+        layer_param_shapes=gemma.layer_param_shapes, init_random_params=gemma.init_random_params,
+        tp_column=TP_COLUMN, tp_row=TP_ROW, arrange_layers=gemma.arrange_layers, hf_norm_offset=1.0)
+
+
+FAMILY = gemma_family(NAME, "Gemma2ForCausalLM", read_hf_config)

@@ -3,11 +3,8 @@
 scaling). Hugging Face checkpoints only for now (see gemma2.py on GGUF)."""
 from __future__ import annotations
 
-from jaxserve.model import gemma
-from jaxserve.model.families.gemma2 import convert_layer, read_gemma_config
+from jaxserve.model.families.gemma2 import gemma_family, read_gemma_config
 from jaxserve.model.families.hf_config import HFConfig
-from jaxserve.model.families.llama import TP_COLUMN, TP_ROW
-from jaxserve.model.registry import ModelFamily
 
 NAME = "gemma3"
 
@@ -19,20 +16,4 @@ def read_hf_config(cfg: dict, source: str = "config.json"):
     return read_gemma_config(c, qk_norm=True, default_pattern=6)
 
 
-FAMILY = ModelFamily(
-    name=NAME,
-    hf_architectures=("Gemma3ForCausalLM",),
-    gguf_architectures=(),
-    read_hf_config=read_hf_config,
-    read_gguf_config=None,
-    convert_layer=convert_layer,
-    gguf_tensor_names={},
-    gguf_permutes_qk=False,
-    forward=gemma.forward,
-    layer_param_shapes=gemma.layer_param_shapes,
-    init_random_params=gemma.init_random_params,
-    tp_column=TP_COLUMN,
-    tp_row=TP_ROW,
-    arrange_layers=gemma.arrange_layers,
-    hf_norm_offset=1.0,
-)
+FAMILY = gemma_family(NAME, "Gemma3ForCausalLM", read_hf_config)

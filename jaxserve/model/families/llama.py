@@ -27,18 +27,19 @@ def read_gguf_config(meta: GGUFMeta):
 TP_COLUMN = ("wq", "wk", "wv", "w_gate", "w_up")
 TP_ROW = ("wo", "w_down")
 
-FAMILY = ModelFamily(
+def llama_like(**fields) -> ModelFamily:
+    """A family on the Llama decoder: Llama's tensors, forward and sharding unless fields say otherwise."""
+    defaults = dict(convert_layer=convert_llama_layer, gguf_tensor_names=LLAMA_GGUF, gguf_permutes_qk=False,
+                    forward=llama.forward, layer_param_shapes=llama.layer_param_shapes,
+                    init_random_params=llama.init_random_params, tp_column=TP_COLUMN, tp_row=TP_ROW)
+    return ModelFamily(**(defaults | fields))
+
+
+FAMILY = llama_like(
     name=NAME,
     hf_architectures=("LlamaForCausalLM", "MistralForCausalLM"),
     gguf_architectures=("llama", "mistral"),
     read_hf_config=read_hf_config,
     read_gguf_config=read_gguf_config,
-    convert_layer=convert_llama_layer,
-    gguf_tensor_names=LLAMA_GGUF,
     gguf_permutes_qk=True,          # llama.cpp's convert interleaves q/k rows for its RoPE
-    forward=llama.forward,
-    layer_param_shapes=llama.layer_param_shapes,
-    init_random_params=llama.init_random_params,
-    tp_column=TP_COLUMN,
-    tp_row=TP_ROW,
 )

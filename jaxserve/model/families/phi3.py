@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxserve.model import llama
 from jaxserve.model.families.gguf_config import GGUFMeta, llama_like_gguf_arch
 from jaxserve.model.families.hf_config import HFConfig, llama_like_arch
-from jaxserve.model.families.llama import TP_COLUMN, TP_ROW
+from jaxserve.model.families.llama import llama_like
 from jaxserve.model.param_map import LLAMA_GGUF, LLAMA_LAYER, LayerTensors, convert_table
-from jaxserve.model.registry import ModelFamily
 
 NAME = "phi3"
 
@@ -45,7 +43,7 @@ def convert_layer(t: LayerTensors, arch) -> dict:
     return out
 
 
-FAMILY = ModelFamily(
+FAMILY = llama_like(
     name=NAME,
     hf_architectures=("Phi3ForCausalLM",),
     gguf_architectures=("phi3",),
@@ -56,10 +54,4 @@ FAMILY = ModelFamily(
     gguf_tensor_names={**{k: v for k, v in LLAMA_GGUF.items() if k in _UNFUSED},
                        "self_attn.qkv_proj.weight": "attn_qkv.weight",
                        "mlp.gate_up_proj.weight": "ffn_up.weight"},
-    gguf_permutes_qk=False,
-    forward=llama.forward,
-    layer_param_shapes=llama.layer_param_shapes,
-    init_random_params=llama.init_random_params,
-    tp_column=TP_COLUMN,
-    tp_row=TP_ROW,
 )
