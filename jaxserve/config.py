@@ -146,6 +146,24 @@ class DisaggConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SamplingDefaultsConfig:
+    """Values for the sampling fields a request leaves unset (None: the model's, else llama.cpp's;
+    see sampling_defaults.py). They apply to HTTP requests; SamplingParams() keeps its own defaults."""
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+    def validate(self) -> None:
+        from jaxserve.sampling_params import SamplingParams
+        try:
+            SamplingParams(**{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+        except ValueError as e:
+            raise ValueError(f"sampling_defaults.{e}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -179,6 +197,7 @@ class EngineConfig:
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     disagg: DisaggConfig = field(default_factory=DisaggConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    sampling_defaults: SamplingDefaultsConfig = field(default_factory=SamplingDefaultsConfig)
     seed: int = 0                  # base of the random stream of requests that give no seed
 
     def validate(self) -> "EngineConfig":

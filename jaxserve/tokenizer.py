@@ -26,6 +26,8 @@ import jinja2.sandbox
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
 
+from jaxserve.sampling_defaults import model_defaults
+
 # llama.cpp `llama_token_type` values stored in `tokenizer.ggml.token_type`.
 _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED = 1, 3, 4
 
@@ -159,8 +161,10 @@ class Tokenizer:
 
     def __init__(self, backend: _Backend, *, bos_token_id: int | None, eos_token_id: int | None,
                  add_bos_token: bool = False, chat_template: str | None = None,
-                 extra_eos_token_ids: tuple[int, ...] = ()):
+                 extra_eos_token_ids: tuple[int, ...] = (), sampling_defaults: dict | None = None):
         self.backend = backend
+        # The model's recommended sampling values (generation_config.json); {} when it gives none.
+        self.sampling_defaults: dict = dict(sampling_defaults or {})
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.add_bos_token = add_bos_token
@@ -219,7 +223,8 @@ class Tokenizer:
 
         The backend's own post-processor adds BOS where the model wants it (Llama 3's template
         processing), so `add_bos_token` is honoured only when that post-processor did not.
-        Extra stop ids come from `generation_config.json`'s `eos_token_id` (an int or a list).
+        Extra stop ids come from `generation_config.json`'s `eos_token_id` (an int or a list), and
+        its temperature / top_k / top_p / min_p / repetition_penalty become `sampling_defaults`.
         """
         path = Path(path)
         backend = _Backend.from_file(str(path / "tokenizer.json"))
@@ -235,7 +240,8 @@ class Tokenizer:
             content = _token_content(config.get(key))
             return backend.token_to_id(content) if content is not None else None
 
-        generation_eos = _load_json(path / "generation_config.json").get("eos_token_id")
+        generation = _load_json(path / "generation_config.json")
+        generation_eos = generation.get("eos_token_id")
         if isinstance(generation_eos, int):
             generation_eos = [generation_eos]
         return cls(
@@ -245,6 +251,7 @@ class Tokenizer:
             add_bos_token=bool(config.get("add_bos_token", False)),
             chat_template=template,
             extra_eos_token_ids=tuple(generation_eos or ()),
+            sampling_defaults=model_defaults(generation),
         )
 
     # ---- vocabulary ---------------------------------------------------------------------------

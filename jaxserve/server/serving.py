@@ -12,6 +12,7 @@ Request metrics (TTFT, inter-token latency, e2e latency, finish reasons) are obs
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -24,6 +25,7 @@ from jaxserve.async_engine import (AsyncEngine, EngineDeadError, EngineNotReadyE
 from jaxserve.errors import RequestFailedError
 from jaxserve.metrics import ServerMetrics
 from jaxserve.outputs import FinishReason, SequenceDelta, TokenLogprob
+from jaxserve.sampling_defaults import resolve_defaults
 from jaxserve.sampling_params import SamplingParams, short_repr
 from jaxserve.server import protocol as p
 from jaxserve.server import tool_calls
@@ -173,6 +175,9 @@ class OpenAIServing:
         # they run here, so the event loop (every other request, /health) never waits on them.
         self._pool = ThreadPoolExecutor(max_workers=tokenizer_threads, thread_name_prefix="jaxserve-tokenize")
         self._max_token_chars = self.tokenizer.max_token_chars
+        # Unset sampling fields: the model's recommendation, else llama.cpp's (sampling_defaults.py).
+        self.sampling_defaults = resolve_defaults(getattr(self.tokenizer, "sampling_defaults", {}),
+                                                  dataclasses.asdict(engine.config.sampling_defaults))
 
     async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -467,6 +472,7 @@ class OpenAIServing:
             skip_special_tokens=req.skip_special_tokens)
         for name, value in (("temperature", req.temperature), ("top_p", req.top_p), ("top_k", req.top_k),
                             ("min_p", req.min_p), ("repetition_penalty", req.repetition_penalty)):
+            value = value if value is not None else self.sampling_defaults.get(name)
             if value is not None:
                 fields[name] = value
         try:
