@@ -57,7 +57,9 @@ def test_completions_equal_llm_generate(cluster, client, llm):
 
 
 def test_seeded_samples_equal_llm_generate(client, llm):
-    params = SamplingParams(n=2, max_tokens=12, temperature=1.0, seed=1234, ignore_eos=True)
+    # Over HTTP, filters left unset take llama.cpp's defaults; the Python API has none: say them.
+    params = SamplingParams(n=2, max_tokens=12, temperature=1.0, top_k=40, top_p=0.95, min_p=0.05,
+                            seed=1234, ignore_eos=True)
     ref = llm.generate([PROMPTS[0]], params, use_tqdm=False)[0]
     out = client.completions.create(model="tiny-random", prompt=PROMPTS[0], n=2, max_tokens=12,
                                     temperature=1.0, seed=1234, extra_body={"ignore_eos": True})
