@@ -20,9 +20,6 @@ from jaxserve.model.attention import ModelBatch
 
 from .hf_models import FAMILIES, hf_greedy, hf_logits, make_hf_model, smollm2_tokenizer
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
 pytestmark = pytest.mark.slow      # about 20 s per family on a 2-core CPU, mostly XLA compiles
 
 LOGIT_ATOL = 2e-4       # float32 on both sides; observed 1.4e-5 to 1.0e-4 (logits span tens)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import gguf
 import jax
 import numpy as np
 import pytest
@@ -17,9 +18,6 @@ import pytest
 from jaxserve.model.weights import load_gguf, load_safetensors_dir
 
 from .hf_models import FAMILIES, build_hf_model
-
-gguf = pytest.importorskip("gguf")
-pytest.importorskip("transformers")
 
 VOCAB = 128
 

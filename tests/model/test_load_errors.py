@@ -12,7 +12,6 @@ from jaxserve.model.weights import load_safetensors_dir
 
 from .hf_models import FAMILIES, SMALL, write_tokenizer
 
-pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 
