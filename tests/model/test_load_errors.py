@@ -5,14 +5,13 @@ import json
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from jaxserve import LLM
 from jaxserve.model.registry import UnsupportedArchitecture
 from jaxserve.model.weights import load_safetensors_dir
 
 from .hf_models import FAMILIES, SMALL, write_tokenizer
-
-from safetensors.numpy import load_file, save_file  # noqa: E402
 
 
 @pytest.fixture()

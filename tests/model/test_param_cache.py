@@ -10,7 +10,6 @@ from jaxserve.model.weights import load_checkpoint
 from .hf_models import FAMILIES, SMALL
 
 
-
 def test_cache_round_trip_keeps_rope_scaling_and_window(tmp_path, caplog):
     import torch
     import transformers
