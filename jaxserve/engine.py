@@ -2,8 +2,8 @@
 
 engine.step():
   plan   = scheduler.schedule()              decode slots + prefill chunks (host)
-  batch  = step_inputs.build_*(plan)         padded numpy arrays (host)
-  result = runner.run(batch, sampling)       model -> attention -> sampling (device), one copy back
+  inputs = step_inputs.pack_step(work)       decodes, verifies and chunks in one padded batch (host)
+  result = runner.step(inputs)               one model pass, sampling + verification (device), one copy back
   ...    = self._append(seq, token)          stop checks, detokenize, free pages of finished seqs
 Not thread-safe: one thread drives it (AsyncEngine for the server, LLM for the Python API).
 """
@@ -27,8 +27,7 @@ from jaxserve.seeds import fold_seed, request_seed, sample_seed
 from jaxserve.sequence import SeqStatus, Sequence
 from jaxserve.spec.verify import accepted_tokens
 from jaxserve.structured import GrammarCompiler
-from jaxserve.step_inputs import (Shapes, bucket, build_decode, build_prefill, build_sampling, build_verify,
-                                  verify_rows)
+from jaxserve.step_inputs import Shapes, StepInputs, Work, bucket, pack_step
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import warmup_runner
 
@@ -54,11 +53,18 @@ class Engine:
         # that copies the whole pools every layer (seconds per step with thousands of pages);
         # a single sequence is padded to two rows instead.
         decode_buckets = tuple(b for b in sched.decode_buckets if b >= 2) or (2,)
+        spec_tokens = config.speculative.num_speculative_tokens if config.speculative.method != "none" else 0
+        # Verify batches hold at most min(max_batch_for_speculation, max_num_seqs) sequences:
+        # only their buckets can occur, so only those are warmed up.
+        most = min(config.speculative.max_batch_for_speculation, sched.max_num_seqs)
+        verify_buckets = tuple(sorted({bucket(n, decode_buckets) for n in range(1, most + 1)})
+                               ) if spec_tokens else ()
         self.shapes = Shapes(
             page_size=cache.page_size, max_pages_per_seq=-(-self.max_model_len // cache.page_size),
             decode_buckets=decode_buckets, prefill_buckets=tuple(sched.prefill_buckets),
             max_prefill_seqs=max_prefill_seqs, history_len=self.max_model_len,
-            spec_tokens=config.speculative.num_speculative_tokens if config.speculative.method != "none" else 0)
+            spec_tokens=spec_tokens, verify_buckets=verify_buckets,
+            mixed_decode_slots=bucket(sched.max_num_seqs, decode_buckets))
         self.scheduler = Scheduler(sched, cache, max_prefill_seqs)
         self.runner = ModelRunner(arch, params, cache.num_pages, cache.page_size,
                                   jnp.dtype(config.model.dtype),
@@ -74,11 +80,7 @@ class Engine:
         self.spec_verify_steps = 0             # verify passes run
         self._accepted_ema: float | None = None  # draft tokens accepted per verified sequence
         self._probe_wait = 0                   # decode steps left before the next probe
-        # Verify batches hold at most min(max_batch_for_speculation, max_num_seqs) sequences:
-        # only their buckets can occur, so only those are warmed up.
-        most = min(config.speculative.max_batch_for_speculation, sched.max_num_seqs)
-        self.verify_buckets = tuple(sorted({bucket(n, decode_buckets) for n in range(1, most + 1)})
-                                    ) if self.shapes.spec_tokens else ()
+        self.verify_buckets = verify_buckets
         self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
         self.requests: dict[str, list[Sequence]] = {}
         self._detok: dict[int, IncrementalDetokenizer] = {}
@@ -183,7 +185,7 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- step
     def step(self) -> list[SequenceDelta]:
-        """One scheduling step: plain decodes, verify passes, then prefill chunks.
+        """One scheduling step: plain decodes, verifies and prefill chunks in one model pass.
 
         Host work that depends on one request's own values (packing its row, appending and
         detokenizing its token, its stop strings) is isolated: if it raises, that request ends
@@ -193,68 +195,55 @@ class Engine:
         lookahead = self._spec_len if self._speculate_this_step() else None
         plan = self.scheduler.schedule(lookahead)
         deltas: list[SequenceDelta] = []
-        plain, spec, drafts = plan.decodes, [], []
-        if self.proposer and any(plan.spec_lens):
-            proposals = self.proposer.propose(plan.decodes, plan.spec_lens)
-            plain = [s for s, d in zip(plan.decodes, proposals) if not d]
-            spec = [s for s, d in zip(plan.decodes, proposals) if d]
-            drafts = [d for d in proposals if d]
-        if plain:
-            plain, packed = self._pack(plain, self._decode_inputs, deltas)
-            if plain:
-                batch, arrays = packed
-                result = self.runner.run(batch, arrays)
-                self._observe(batch)
-                for i, seq in enumerate(plain):
-                    if not seq.finished:   # a sibling sample of a failed request ended it
-                        self.scheduler.advance(seq, seq.num_computed + 1)
-                        deltas += self._isolated(seq, lambda: [self._append(seq, result, i)])
-        if spec:
-            deltas += self._verify(spec, drafts)
-        chunks = [c for c in plan.prefills if not c.seq.finished]
-        if chunks:
-            chunks, packed = self._pack(chunks, self._prefill_inputs, deltas, seq_of=lambda c: c.seq)
-            if chunks:
-                batch, arrays = packed
-                result = self.runner.run(batch, arrays)
-                self._observe(batch)
-                for i, chunk in enumerate(chunks):
-                    if chunk.seq.finished:
-                        continue
-                    self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
-                    if chunk.completes_prompt:
-                        deltas += self._isolated(chunk.seq, lambda: [self._append(chunk.seq, result, i)])
-                        if self.handoff is not None and not chunk.seq.finished:
-                            self._hand_off(chunk.seq)
+        work, inputs = self._pack(self._work(plan), deltas)
+        if not work:
+            return deltas
+        sampled, verified = self.runner.step(inputs)
+        self._observe(inputs.batch)
+        plain = [w for w in inputs.sampled if w.chunk is None]
+        for i, w in enumerate(plain):
+            if not w.seq.finished:   # a sibling sample of a failed request ended it
+                self.scheduler.advance(w.seq, w.seq.num_computed + 1)
+                deltas += self._isolated(w.seq, lambda: [self._append(w.seq, sampled, i)])
+        if inputs.verified:
+            deltas += self._apply_verify(inputs.verified, verified)
+        for i, w in enumerate(inputs.sampled[len(plain):], start=len(plain)):
+            chunk = w.chunk
+            if chunk.seq.finished:
+                continue
+            self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
+            if chunk.completes_prompt:
+                deltas += self._isolated(chunk.seq, lambda: [self._append(chunk.seq, sampled, i)])
+                if self.handoff is not None and not chunk.seq.finished:
+                    self._hand_off(chunk.seq)
         return deltas
 
-    def _decode_inputs(self, seqs: list[Sequence]):
-        batch = build_decode(seqs, self.shapes)
-        return batch, build_sampling(seqs, len(batch.kv_lens), self.shapes)
+    def _work(self, plan) -> list[Work]:
+        """The plan's rows: each decode with its proposal (if any), then the prefill chunks."""
+        drafts = [None] * len(plan.decodes)
+        if self.proposer and any(plan.spec_lens):
+            drafts = [d or None for d in self.proposer.propose(plan.decodes, plan.spec_lens)]
+        return ([Work(s, draft=d) for s, d in zip(plan.decodes, drafts)]
+                + [Work(c.seq, chunk=c) for c in plan.prefills])
 
-    def _prefill_inputs(self, chunks):
-        batch = build_prefill(chunks, self.shapes)
-        return batch, build_sampling([c.seq for c in chunks], len(batch.kv_lens), self.shapes)
+    def _pack(self, work: list[Work], deltas: list[SequenceDelta]) -> tuple[list[Work], StepInputs | None]:
+        """pack_step(work); rows whose own values make packing raise fail alone.
 
-    def _pack(self, items: list, build: Callable, deltas: list[SequenceDelta],
-              seq_of: Callable = lambda s: s) -> tuple[list, object]:
-        """build(items) -> step inputs; items whose own values make packing raise fail alone.
-
-        Returns the items kept (possibly none) and build's result for them.
+        Returns the rows kept (possibly none) and the step inputs for them.
         """
         try:
-            return items, build(items)
-        except Exception:  # noqa: BLE001 - find the culprit(s) by packing each item alone
+            return work, pack_step(work, self.shapes)
+        except Exception:  # noqa: BLE001 - find the culprit(s) by packing each row alone
             kept = []
-            for item in items:
+            for w in work:
                 try:
-                    build([item])
+                    pack_step([w], self.shapes)
                 except Exception as e:  # noqa: BLE001
-                    deltas += self.fail_request(seq_of(item).request_id, e)
+                    deltas += self.fail_request(w.seq.request_id, e)
                 else:
-                    kept.append(item)
-            kept = [item for item in kept if not seq_of(item).finished]
-            return kept, build(kept) if kept else None
+                    kept.append(w)
+            kept = [w for w in kept if not w.seq.finished]
+            return kept, pack_step(kept, self.shapes) if kept else None
 
     def _isolated(self, seq: Sequence, work: Callable[[], list[SequenceDelta]]) -> list[SequenceDelta]:
         """Run one sequence's host work; if it raises, only its request fails."""
@@ -364,29 +353,18 @@ class Engine:
         k = min(self.config.speculative.num_speculative_tokens, room)
         return self.proposer.lookahead(seq, k) if k > 0 else 0
 
-    def _verify_inputs(self, pairs: list[tuple[Sequence, list[int]]]):
-        seqs, drafts = [s for s, _ in pairs], [d for _, d in pairs]
-        batch = build_verify(seqs, drafts, self.shapes)
-        rows = len(batch.tokens)
-        row_seqs, offsets, judged = verify_rows(seqs, drafts, rows)
-        return batch, build_sampling(row_seqs, rows, self.shapes, step_offsets=offsets), judged
-
-    def _verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[SequenceDelta]:
+    def _apply_verify(self, work: list[Work], result) -> list[SequenceDelta]:
+        """Append each verified sequence's accepted tokens; adapt speculation to the acceptance."""
         deltas: list[SequenceDelta] = []
-        pairs = [(s, d) for s, d in zip(seqs, drafts) if not s.finished]
-        pairs, packed = self._pack(pairs, self._verify_inputs, deltas, seq_of=lambda p: p[0])
-        if not pairs:
-            return deltas
-        seqs, drafts = [s for s, _ in pairs], [d for _, d in pairs]
-        batch, arrays, judged = packed
-        result = self.runner.run_verify(batch, arrays, judged)
-        self._observe(batch)
-        row, step_accepted = 0, 0
-        for seq, draft in zip(seqs, drafts):
-            n = len(draft) + 1
-            tokens = accepted_tokens(draft, result.accept[row:row + n], result.residual[row:row + n],
-                                     result.plain[row:row + n])
-            row += n
+        row, step_accepted, num_verified = 0, 0, 0
+        for w in work:
+            seq, draft = w.seq, w.draft
+            rows = slice(row, row + len(draft) + 1)
+            row = rows.stop
+            if seq.finished:   # a sibling of a failed request, ended earlier in this step
+                continue
+            num_verified += 1
+            tokens = accepted_tokens(draft, result.accept[rows], result.residual[rows], result.plain[rows])
             accepted = len(tokens) - 1
             self.spec_proposed += len(draft)
             self.spec_accepted += accepted
@@ -399,8 +377,10 @@ class Engine:
             if not seq.finished:
                 self.scheduler.advance(seq, start + len(tokens))
                 self.scheduler.trim(seq)
+        if not num_verified:
+            return deltas
         self.spec_verify_steps += 1
-        mean = step_accepted / len(seqs)
+        mean = step_accepted / num_verified
         ema = self._accepted_ema
         self._accepted_ema = mean if ema is None else ema + _ACCEPT_EMA_WEIGHT * (mean - ema)
         if self._accepted_ema < self.config.speculative.min_accepted_tokens:
@@ -502,7 +482,6 @@ class Engine:
             spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted)
 
     def warmup(self) -> None:
-        warmup_runner(self.runner, self.shapes, verify_buckets=self.verify_buckets)
+        warmup_runner(self.runner, self.shapes)
         if self.proposer is not None and hasattr(self.proposer, "runner"):
-            warmup_runner(self.proposer.runner, self.shapes, verify_buckets=self.verify_buckets,
-                          model_only_verify=True)
+            warmup_runner(self.proposer.runner, self.shapes, model_only=True)
