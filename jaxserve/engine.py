@@ -26,8 +26,8 @@ from jaxserve.scheduler import Scheduler
 from jaxserve.seeds import fold_seed, request_seed, sample_seed
 from jaxserve.sequence import SeqStatus, Sequence
 from jaxserve.spec.verify import accepted_tokens
-from jaxserve.structured import GrammarCompiler
 from jaxserve.step_inputs import Shapes, StepInputs, Work, bucket, pack_step
+from jaxserve.structured import GrammarCompiler
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import warmup_runner
 

@@ -35,7 +35,7 @@ SCENARIOS = {  # name: (engine overrides, prompts(tokenizer), params)
     "chunked-greedy": (SMALL, lambda t: _prompts(t, 12, 300), GREEDY),
     "chunked-seeded": (SMALL, lambda t: _prompts(t, 12, 300), SEEDED),
     "prefix-hits-n2": (dict(SMALL, cache__enable_prefix_caching=True),
-                       lambda t: [_prompts(t, 1, 300)[0][:100] + p for p in _prompts(t, 6, 40)],
+                       lambda t: [_prompts(t, 3, 300)[2][:100] + p for p in _prompts(t, 6, 40)],
                        SEEDED.replace(n=2)),
     "preemption": (dict(SMALL, cache__num_pages=14, cache__enable_prefix_caching=False),
                    lambda t: _prompts(t, 6, 60), SEEDED.replace(max_tokens=40)),

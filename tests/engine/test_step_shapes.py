@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
+from jaxserve.outputs import RequestMetrics
+from jaxserve.sampling_params import SamplingParams
 from jaxserve.scheduler import PrefillChunk
 from jaxserve.sequence import Sequence
-from jaxserve.sampling_params import SamplingParams
-from jaxserve.outputs import RequestMetrics
 from jaxserve.step_inputs import Shapes, Work, pack_step
 
 SHAPES = Shapes(page_size=4, max_pages_per_seq=16, decode_buckets=(2, 4, 8), prefill_buckets=(8, 16),
