@@ -102,10 +102,21 @@ def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
 
 
 def _read_gguf_fields(path: str | Path) -> dict[str, Any]:
-    """The `tokenizer.*` metadata of a GGUF file, as plain Python values."""
+    """The `tokenizer.*` metadata of a GGUF file, as plain Python values (shared: do not modify).
+
+    GGUFReader slices a memmap once per string (about 5 s for SmolLM2's 49k tokens and merges),
+    so a process that builds several engines on one file parses it once. The key includes the
+    file's size and mtime: a file rewritten in place is read again.
+    """
+    stat = Path(path).stat()
+    return _gguf_fields(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_fields(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
     from gguf import GGUFReader  # imported here: only GGUF loading needs it
 
-    reader = GGUFReader(str(path))
+    reader = GGUFReader(path)
     return {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.")}
 
 

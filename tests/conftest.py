@@ -5,7 +5,8 @@
 - JAXSERVE_CACHE points at a fresh directory for the session, so converted parameters are made
   by the loader under test, never restored from an earlier run's ~/.cache/jaxserve/params. The
   SmolLM2 GGUF is fetched (model.source's own code path) into the user's cache once and linked
-  in, and the XLA compilation cache stays shared: its programs are keyed by their HLO.
+  in, and the XLA compilation cache stays shared: its programs are keyed by their HLO. It is on
+  in this process too (enable_compilation_cache at import), not only in the CLI's subprocesses.
   Subprocesses (the CLI and disaggregated workers) inherit the variable.
 - A run in which any test was skipped for a reason other than hardware fails (exit status 1)
   and lists the skips. Hardware skips are those of tests marked gpu, tpu or cpu (needs that
@@ -19,6 +20,15 @@ import pytest
 _FLAG = "--xla_force_host_platform_device_count=4"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+
+# The XLA compilation cache, on from the first compile (JAX checks it once, lazily), as the CLI
+# turns it on for its subprocesses: every LLM built on the same shapes (tiny-random, in most
+# tests) then loads the program compiled for the first. Traces still run, so the engine's
+# compile counter still sees a recompile.
+from jaxserve.cli import enable_compilation_cache  # noqa: E402
+from jaxserve.model.source import cache_dir  # noqa: E402
+
+enable_compilation_cache(cache_dir() / "xla")
 
 HARDWARE_MARKERS = frozenset({"gpu", "tpu", "cpu"})
 _bad_skips: list[tuple[str, str]] = []    # (node id, reason)
