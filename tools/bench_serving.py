@@ -463,9 +463,11 @@ def main(argv: list[str] | None = None) -> dict:
         out[name] = summary | {"requests": [asdict(r) | {"tpot_s": r.tpot_s} for r in results]}
     summary = runs[next(iter(runs))][1] if len(runs) == 1 else {k: v[1] for k, v in runs.items()}
     if len(runs) == 2:
-        ratio = runs["constrained"][1]["output_throughput_tps"] / runs["unconstrained"][1]["output_throughput_tps"]
+        base = runs["unconstrained"][1]["output_throughput_tps"]
+        ratio = runs["constrained"][1]["output_throughput_tps"] / base if base else None
         summary["constrained_over_unconstrained"] = out["constrained_over_unconstrained"] = ratio
-        print(f"\nconstrained / unconstrained output tokens/s: {ratio:.3f}")
+        print(f"\nconstrained / unconstrained output tokens/s: {ratio:.3f}" if ratio is not None
+              else "\nno unconstrained throughput to compare with")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out if len(runs) > 1 else out[next(iter(out))], indent=1))
     print(f"wrote {args.out}")
