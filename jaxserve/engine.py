@@ -27,8 +27,8 @@ from jaxserve.seeds import fold_seed, request_seed, sample_seed
 from jaxserve.sequence import SeqStatus, Sequence
 from jaxserve.spec.verify import accepted_tokens
 from jaxserve.structured import GrammarCompiler
-from jaxserve.step_inputs import (Shapes, bucket, build_decode, build_prefill, build_sampling, build_verify,
-                                  verify_rows)
+from jaxserve.sampler import PackTimes, build_sampling
+from jaxserve.step_inputs import Shapes, bucket, build_decode, build_prefill, build_verify, verify_rows
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import warmup_runner
 
@@ -80,6 +80,7 @@ class Engine:
         self.verify_buckets = tuple(sorted({bucket(n, decode_buckets) for n in range(1, most + 1)})
                                     ) if self.shapes.spec_tokens else ()
         self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
+        self.sampler_times = PackTimes()             # host seconds per sampler stage (grammar masks: metrics)
         self.requests: dict[str, list[Sequence]] = {}
         self._detok: dict[int, IncrementalDetokenizer] = {}
         self._next_seq_id = 0
@@ -230,11 +231,12 @@ class Engine:
 
     def _decode_inputs(self, seqs: list[Sequence]):
         batch = build_decode(seqs, self.shapes)
-        return batch, build_sampling(seqs, len(batch.kv_lens), self.shapes)
+        return batch, build_sampling(seqs, len(batch.kv_lens), self.shapes, times=self.sampler_times)
 
     def _prefill_inputs(self, chunks):
         batch = build_prefill(chunks, self.shapes)
-        return batch, build_sampling([c.seq for c in chunks], len(batch.kv_lens), self.shapes)
+        return batch, build_sampling([c.seq for c in chunks], len(batch.kv_lens), self.shapes,
+                                     times=self.sampler_times)
 
     def _pack(self, items: list, build: Callable, deltas: list[SequenceDelta],
               seq_of: Callable = lambda s: s) -> tuple[list, object]:
@@ -369,7 +371,8 @@ class Engine:
         batch = build_verify(seqs, drafts, self.shapes)
         rows = len(batch.tokens)
         row_seqs, offsets, judged = verify_rows(seqs, drafts, rows)
-        return batch, build_sampling(row_seqs, rows, self.shapes, step_offsets=offsets), judged
+        return batch, build_sampling(row_seqs, rows, self.shapes, step_offsets=offsets,
+                                     times=self.sampler_times), judged
 
     def _verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[SequenceDelta]:
         deltas: list[SequenceDelta] = []
@@ -499,7 +502,9 @@ class Engine:
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds,
-            spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted)
+            spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted,
+            grammar_mask_time_s=self.sampler_times.seconds.get("grammar_mask", 0.0),
+            grammar_mask_batches=self.sampler_times.batches.get("grammar_mask", 0))
 
     def warmup(self) -> None:
         warmup_runner(self.runner, self.shapes, verify_buckets=self.verify_buckets)

@@ -18,7 +18,7 @@ from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch
 from jaxserve.model.layers import with_bf16_matmuls
 from jaxserve.model.registry import get_family
-from jaxserve.sampling import SampleResult, SamplingArrays, sample
+from jaxserve.sampler import SampleResult, SamplingArrays, sample
 from jaxserve.spec.verify import VerifyResult, verify
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,12 @@ class ModelRunner:
             return forward(params, kv, batch, arch=arch, opts=opts)
 
         def sample_step(logits, arrays: SamplingArrays):
-            counter.traced(f"sampler B={logits.shape[0]} sample={arrays.do_sample} "
-                           f"filters={arrays.use_filters} penalties={arrays.use_penalties} "
+            counter.traced(f"sampler B={logits.shape[0]} stages={','.join(arrays.active())} "
                            f"logprobs={arrays.num_logprobs}")
             return sample(logits, arrays)
 
         def verify_step(logits, arrays: SamplingArrays, judged):
-            counter.traced(f"verifier R={logits.shape[0]} sample={arrays.do_sample} "
-                           f"filters={arrays.use_filters}")
+            counter.traced(f"verifier R={logits.shape[0]} stages={','.join(arrays.active())}")
             return verify(logits, arrays, judged)
 
         self._model_step = jax.jit(model_step, donate_argnames=("kv",))

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxserve.model.attention import ModelBatch
-from jaxserve.sampling import SamplingArrays
 from jaxserve.scheduler import PrefillChunk
 from jaxserve.sequence import Sequence
-from jaxserve.structured import pack_token_masks
 
 MIN_TABLE_PAGES = 8
 
@@ -38,7 +36,7 @@ class Shapes:
     decode_buckets: tuple[int, ...]
     prefill_buckets: tuple[int, ...]
     max_prefill_seqs: int
-    history_len: int            # width of the penalty history (max_model_len)
+    history_len: int            # width of the sampler's penalty history (max_model_len)
     spec_tokens: int = 0        # k of speculative decoding (0: off)
 
     @property
@@ -159,53 +157,3 @@ def verify_rows(seqs: list[Sequence], drafts: list[list[int]], rows: int
             row_seqs.append(s)
             offsets.append(j)
     return row_seqs, offsets, judged
-
-
-def build_sampling(seqs: list[Sequence], rows: int, shapes: Shapes,
-                   step_offsets: list[int] | None = None) -> SamplingArrays:
-    """Per-row sampling parameters for `rows` padded rows; seqs fill the first len(seqs).
-
-    step_offsets[i] is added to row i's output index (speculative rows lie ahead of the output).
-    """
-    f32 = lambda v: np.full(rows, v, np.float32)
-    temperature, top_p, min_p = f32(0.0), f32(1.0), f32(0.0)
-    rep, pres, freq = f32(1.0), f32(0.0), f32(0.0)
-    top_k = np.zeros(rows, np.int32)
-    seeds = np.zeros(rows, np.uint32)
-    steps = np.zeros(rows, np.int32)
-    num_logprobs = -1
-    for i, s in enumerate(seqs):
-        p = s.params
-        temperature[i], top_p[i], min_p[i] = p.temperature, p.top_p, p.min_p
-        # Any top_k at or past the vocabulary means "all of it" (the sampler takes min(k, V));
-        # clamping first keeps a huge client value from overflowing the int32 row.
-        top_k[i] = min(max(p.top_k, 0), np.iinfo(np.int32).max)
-        rep[i], pres[i], freq[i] = p.repetition_penalty, p.presence_penalty, p.frequency_penalty
-        seeds[i] = s.seed & 0xFFFFFFFF
-        steps[i] = len(s.output_ids) + (step_offsets[i] if step_offsets else 0)
-        if p.logprobs is not None:
-            num_logprobs = max(num_logprobs, p.logprobs)
-    use_penalties = bool(np.any(rep != 1.0) or np.any(pres != 0.0) or np.any(freq != 0.0))
-    if use_penalties:
-        history = np.full((rows, shapes.history_len), -1, np.int32)
-        num_prompt = np.zeros(rows, np.int32)
-        for i, s in enumerate(seqs):
-            ids = s.all_ids[-shapes.history_len:]
-            history[i, :len(ids)] = ids
-            num_prompt[i] = len(s.prompt_ids)
-    else:
-        history = np.zeros((rows, 1), np.int32)
-        num_prompt = np.zeros(rows, np.int32)
-    do_sample = bool(np.any(temperature > 0))
-    use_filters = do_sample and bool(np.any(top_k > 0) or np.any(top_p < 1.0) or np.any(min_p > 0))
-    # Round the logprob count to few values so it does not multiply compiles.
-    if num_logprobs >= 0:
-        num_logprobs = 0 if num_logprobs == 0 else (5 if num_logprobs <= 5 else 20)
-    masks = pack_token_masks([s.grammar for s in seqs], rows)
-    return SamplingArrays(
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=rep,
-        presence_penalty=pres, frequency_penalty=freq, seeds=seeds, steps=steps, history=history,
-        num_prompt=num_prompt, do_sample=do_sample, use_filters=use_filters,
-        use_penalties=use_penalties, num_logprobs=num_logprobs,
-        token_mask=masks if masks is not None else np.zeros((rows, 1), np.int32),
-        use_mask=masks is not None)

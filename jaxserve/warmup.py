@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from jaxserve.model.attention import ModelBatch
-from jaxserve.step_inputs import build_sampling
+from jaxserve.sampler import build_sampling
 
 log = logging.getLogger(__name__)
 
