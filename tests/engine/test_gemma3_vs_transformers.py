@@ -23,7 +23,7 @@ from jaxserve import SamplingParams
 
 from .conftest import make_llm
 
-pytestmark = pytest.mark.heavy
+pytestmark = [pytest.mark.heavy, pytest.mark.timeout(3600)]   # transformers reads the file for minutes
 
 NEW_TOKENS = 32
 NEAR_TIE = 1e-3
