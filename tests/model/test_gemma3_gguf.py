@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import gguf
 import jax
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from jaxserve.model.weights import load_gguf, load_safetensors_dir
 from jaxserve.tokenizer import Tokenizer
 from jaxserve.tokenizer_spm import sentencepiece_backend
 
+from .files import write_hf_model_as_gguf
 from .hf_models import FamilySpec, build_hf_model
 
 VOCAB = 128
@@ -35,31 +35,19 @@ GEMMA3_LIKE_270M = FamilySpec("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
 
 def _write_gemma3_gguf(model, path) -> None:
     c = model.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, c.num_hidden_layers)
-    w = gguf.GGUFWriter(str(path), "gemma3")
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(c.head_dim)
-    w.add_value_length(c.head_dim)
-    w.add_rope_freq_base(c.rope_parameters["full_attention"]["rope_theta"])
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_sliding_window(c.sliding_window)
-    w.add_vocab_size(VOCAB)          # llama.cpp writes the tokenizer instead; no tokenizer here
-    for name, t in model.state_dict().items():
+
+    def gemma3_keys(w) -> None:
+        w.add_value_length(c.head_dim)
+        w.add_sliding_window(c.sliding_window)
+
+    def as_llama_cpp_writes(name: str, data: np.ndarray) -> np.ndarray | None:
         if name == "lm_head.weight":           # tied: llama.cpp writes only token_embd
-            continue
-        gname = names.get_name(name, try_suffixes=(".weight",))
-        assert gname is not None, name
-        data = t.float().numpy()
-        w.add_tensor(gname, data + 1.0 if name.endswith("norm.weight") else data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+            return None
+        return data + 1.0 if name.endswith("norm.weight") else data
+
+    write_hf_model_as_gguf(model, "gemma3", path, VOCAB,
+                           rope_theta=c.rope_parameters["full_attention"]["rope_theta"],
+                           extra=gemma3_keys, tensor=as_llama_cpp_writes)
 
 
 def test_gemma3_gguf_loads_to_the_same_params_as_safetensors(tmp_path):
