@@ -21,6 +21,7 @@ from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions
 from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, SequenceDelta, TokenLogprob
 from jaxserve.runner import ModelRunner
+from jaxserve.sampler import PackTimes
 from jaxserve.sampling_params import SamplingParams, short_repr
 from jaxserve.scheduler import Scheduler
 from jaxserve.seeds import fold_seed, request_seed, sample_seed
@@ -82,6 +83,7 @@ class Engine:
         self._probe_wait = 0                   # decode steps left before the next probe
         self.verify_buckets = verify_buckets
         self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
+        self.sampler_times = PackTimes()             # host seconds per sampler stage (grammar masks: metrics)
         self.requests: dict[str, list[Sequence]] = {}
         self._detok: dict[int, IncrementalDetokenizer] = {}
         self._next_seq_id = 0
@@ -232,18 +234,18 @@ class Engine:
         Returns the rows kept (possibly none) and the step inputs for them.
         """
         try:
-            return work, pack_step(work, self.shapes)
+            return work, pack_step(work, self.shapes, times=self.sampler_times)
         except Exception:  # noqa: BLE001 - find the culprit(s) by packing each row alone
             kept = []
             for w in work:
                 try:
-                    pack_step([w], self.shapes)
+                    pack_step([w], self.shapes)   # untimed: a probe, not a step's packing
                 except Exception as e:  # noqa: BLE001
                     deltas += self.fail_request(w.seq.request_id, e)
                 else:
                     kept.append(w)
             kept = [w for w in kept if not w.seq.finished]
-            return kept, pack_step(kept, self.shapes) if kept else None
+            return kept, pack_step(kept, self.shapes, times=self.sampler_times) if kept else None
 
     def _isolated(self, seq: Sequence, work: Callable[[], list[SequenceDelta]]) -> list[SequenceDelta]:
         """Run one sequence's host work; if it raises, only its request fails."""
@@ -479,7 +481,9 @@ class Engine:
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds,
-            spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted)
+            spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted,
+            grammar_mask_time_s=self.sampler_times.seconds.get("grammar_mask", 0.0),
+            grammar_mask_batches=self.sampler_times.batches.get("grammar_mask", 0))
 
     def warmup(self) -> None:
         warmup_runner(self.runner, self.shapes)

@@ -75,6 +75,10 @@ class EngineStatsCollector(Collector):
                       s.kv_transfer_bytes)
         yield counter("kv_transfers", "Requests whose KV pages moved from prefill to decode.",
                       s.kv_transfers)
+        yield counter("grammar_mask_seconds", "Host seconds spent filling grammar token masks.",
+                      s.grammar_mask_time_s)
+        yield counter("grammar_mask_batches", "Sampler batches that held a grammar-constrained row.",
+                      s.grammar_mask_batches)
 
 
 class ServerMetrics:

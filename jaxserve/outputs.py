@@ -111,6 +111,8 @@ class EngineStats:
     spec_accepted_tokens: int = 0
     kv_transfer_bytes: int = 0         # disaggregated: KV bytes moved prefill -> decode
     kv_transfers: int = 0
+    grammar_mask_time_s: float = 0.0   # host seconds filling grammar bitmasks (structured outputs)
+    grammar_mask_batches: int = 0      # sampler batches that held a constrained row
 
     @property
     def kv_cache_usage(self) -> float:

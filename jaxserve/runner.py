@@ -19,7 +19,7 @@ from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch
 from jaxserve.model.layers import with_bf16_matmuls
 from jaxserve.model.registry import get_family
-from jaxserve.sampling import SampleResult, SamplingArrays, sample
+from jaxserve.sampler import SampleResult, SamplingArrays, sample
 from jaxserve.spec.verify import VerifyResult, verify
 from jaxserve.step_inputs import StepInputs
 
@@ -73,21 +73,19 @@ class ModelRunner:
             return forward(params, kv, batch, arch=arch, opts=opts)
 
         # The step's logits rows: the sampled ones first, then the verified ones (step_inputs).
-        def sample_step(logits, arrays: SamplingArrays):
-            rows = arrays.temperature.shape[0]
-            counter.traced(f"sampler B={rows} sample={arrays.do_sample} "
-                           f"filters={arrays.use_filters} penalties={arrays.use_penalties} "
+        def sample_step(logits, arrays: SamplingArrays, rows: int):
+            # rows is static: with every stage off the arrays hold no per-row array to size it by.
+            counter.traced(f"sampler B={rows} stages={','.join(arrays.active())} "
                            f"logprobs={arrays.num_logprobs}")
             return sample(logits[:rows], arrays)
 
         def verify_step(logits, arrays: SamplingArrays, judged):
             rows = judged.shape[0]
-            counter.traced(f"verifier R={rows} sample={arrays.do_sample} "
-                           f"filters={arrays.use_filters}")
+            counter.traced(f"verifier R={rows} stages={','.join(arrays.active())}")
             return verify(logits[logits.shape[0] - rows:], arrays, judged)
 
         self._model_step = jax.jit(model_step, donate_argnames=("kv",))
-        self._sample_step = jax.jit(sample_step)
+        self._sample_step = jax.jit(sample_step, static_argnames=("rows",))
         self._verify_step = jax.jit(verify_step)
 
     def step(self, inputs: StepInputs) -> tuple[SampleResult, VerifyResult | None]:
@@ -96,7 +94,7 @@ class ModelRunner:
         before = self.compiles.count
         t0 = time.perf_counter()
         logits, self.kv = self._model_step(self.params, self.kv, inputs.batch)
-        sampled = self._sample_step(logits, inputs.sampling)
+        sampled = self._sample_step(logits, inputs.sampling, rows=inputs.sample_rows)
         verified = None
         if inputs.verify_sampling is not None:
             verified = self._verify_step(logits, inputs.verify_sampling, inputs.judged)
@@ -110,7 +108,7 @@ class ModelRunner:
         before = self.compiles.count
         t0 = time.perf_counter()
         logits, self.kv = self._model_step(self.params, self.kv, batch)
-        result = jax.device_get(self._sample_step(logits, arrays))
+        result = jax.device_get(self._sample_step(logits, arrays, rows=len(batch.logits_indices)))
         if self.compiles.count != before:
             self.compiles.seconds += time.perf_counter() - t0
         return result

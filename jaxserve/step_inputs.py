@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxserve.model.attention import ModelBatch
-from jaxserve.sampling import SamplingArrays
+from jaxserve.sampler import PackTimes, SamplingArrays, build_sampling
 from jaxserve.scheduler import PrefillChunk
 from jaxserve.sequence import Sequence
-from jaxserve.structured import pack_token_masks
 
 MIN_TABLE_PAGES = 8
 
@@ -93,6 +92,11 @@ class StepInputs:
     verify_sampling: SamplingArrays | None = None   # verify_rows rows (None: no verify rows)
     judged: np.ndarray | None = None      # i32[verify_rows] the draft token each row judges
 
+    @property
+    def sample_rows(self) -> int:
+        """Leading logits rows the sampler reads (the verify rows, if any, follow them)."""
+        return len(self.batch.logits_indices) - (0 if self.judged is None else len(self.judged))
+
 
 @dataclass(frozen=True)
 class Shapes:
@@ -101,7 +105,7 @@ class Shapes:
     decode_buckets: tuple[int, ...]
     prefill_buckets: tuple[int, ...]
     max_prefill_seqs: int
-    history_len: int            # width of the penalty history (max_model_len)
+    history_len: int            # width of the sampler's penalty history (max_model_len)
     spec_tokens: int = 0        # k of speculative decoding (0: off)
     verify_buckets: tuple[int, ...] = ()   # decode buckets a verifying step can have
     mixed_decode_slots: int = 0            # decode rows of a step with chunks (0: largest bucket)
@@ -200,10 +204,11 @@ def _pack(short: list[Row], chunks: list[Row], shape: StepShape, width: int, pag
 
 
 def pack_step(work: list[Work], shapes: Shapes, shape: StepShape | None = None,
-              width: int | None = None) -> StepInputs:
+              width: int | None = None, times: PackTimes | None = None) -> StepInputs:
     """One step's work -> its one batch and the sampling inputs of the rows it reads back.
 
     shape, width: force a layout (warmup packs no work into each); default: the smallest fit.
+    times: where the sampler adds its stages' host packing time (the engine's metrics).
     """
     short = [w for w in work if w.chunk is None]
     chunks = [w for w in work if w.chunk is not None]
@@ -232,12 +237,13 @@ def pack_step(work: list[Work], shapes: Shapes, shape: StepShape | None = None,
     batch.logits_indices = np.concatenate([sample_idx, verify_idx])
 
     inputs = dict(batch=batch, sampled=sampled, verified=verified,
-                  sampling=build_sampling([w.seq for w in sampled], shape.sample_rows, shapes))
+                  sampling=build_sampling([w.seq for w in sampled], shape.sample_rows, shapes,
+                                          times=times))
     if shape.verify_rows:
         row_seqs, offsets, judged = verify_rows([w.seq for w in verified],
                                                 [w.draft for w in verified], shape.verify_rows)
         inputs.update(judged=judged, verify_sampling=build_sampling(
-            row_seqs, shape.verify_rows, shapes, step_offsets=offsets))
+            row_seqs, shape.verify_rows, shapes, step_offsets=offsets, times=times))
     return StepInputs(**inputs)
 
 
@@ -264,53 +270,3 @@ def verify_rows(seqs: list[Sequence], drafts: list[list[int]], rows: int
             row_seqs.append(s)
             offsets.append(j)
     return row_seqs, offsets, judged
-
-
-def build_sampling(seqs: list[Sequence], rows: int, shapes: Shapes,
-                   step_offsets: list[int] | None = None) -> SamplingArrays:
-    """Per-row sampling parameters for `rows` padded rows; seqs fill the first len(seqs).
-
-    step_offsets[i] is added to row i's output index (speculative rows lie ahead of the output).
-    """
-    f32 = lambda v: np.full(rows, v, np.float32)
-    temperature, top_p, min_p = f32(0.0), f32(1.0), f32(0.0)
-    rep, pres, freq = f32(1.0), f32(0.0), f32(0.0)
-    top_k = np.zeros(rows, np.int32)
-    seeds = np.zeros(rows, np.uint32)
-    steps = np.zeros(rows, np.int32)
-    num_logprobs = -1
-    for i, s in enumerate(seqs):
-        p = s.params
-        temperature[i], top_p[i], min_p[i] = p.temperature, p.top_p, p.min_p
-        # Any top_k at or past the vocabulary means "all of it" (the sampler takes min(k, V));
-        # clamping first keeps a huge client value from overflowing the int32 row.
-        top_k[i] = min(max(p.top_k, 0), np.iinfo(np.int32).max)
-        rep[i], pres[i], freq[i] = p.repetition_penalty, p.presence_penalty, p.frequency_penalty
-        seeds[i] = s.seed & 0xFFFFFFFF
-        steps[i] = len(s.output_ids) + (step_offsets[i] if step_offsets else 0)
-        if p.logprobs is not None:
-            num_logprobs = max(num_logprobs, p.logprobs)
-    use_penalties = bool(np.any(rep != 1.0) or np.any(pres != 0.0) or np.any(freq != 0.0))
-    if use_penalties:
-        history = np.full((rows, shapes.history_len), -1, np.int32)
-        num_prompt = np.zeros(rows, np.int32)
-        for i, s in enumerate(seqs):
-            ids = s.all_ids[-shapes.history_len:]
-            history[i, :len(ids)] = ids
-            num_prompt[i] = len(s.prompt_ids)
-    else:
-        history = np.zeros((rows, 1), np.int32)
-        num_prompt = np.zeros(rows, np.int32)
-    do_sample = bool(np.any(temperature > 0))
-    use_filters = do_sample and bool(np.any(top_k > 0) or np.any(top_p < 1.0) or np.any(min_p > 0))
-    # Round the logprob count to few values so it does not multiply compiles.
-    if num_logprobs >= 0:
-        num_logprobs = 0 if num_logprobs == 0 else (5 if num_logprobs <= 5 else 20)
-    masks = pack_token_masks([s.grammar for s in seqs], rows)
-    return SamplingArrays(
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=rep,
-        presence_penalty=pres, frequency_penalty=freq, seeds=seeds, steps=steps, history=history,
-        num_prompt=num_prompt, do_sample=do_sample, use_filters=use_filters,
-        use_penalties=use_penalties, num_logprobs=num_logprobs,
-        token_mask=masks if masks is not None else np.zeros((rows, 1), np.int32),
-        use_mask=masks is not None)

@@ -9,8 +9,9 @@ bitmask API; used by vLLM and llama.cpp): writing our own would buy nothing.
                           only finds it in the cache
       -> GrammarState     one per sequence (a deep copy of the prototype): the packed bitmask
                           row of the tokens allowed next, and the token actually sampled
-      -> sampling.py      applies the bitmask to the logits before penalties, temperature and
-                          filters; EOS is in the mask only where the grammar may end
+      -> sampler/         its grammar_mask stage packs the rows' bitmasks and applies them to the
+                          logits before penalties, temperature and filters; EOS is in the mask
+                          only where the grammar may end
 
 Rows without a constraint pay nothing: the sampler's mask stage is compiled in only for batches
 that hold a constrained row. Constrained sequences decode plainly (never speculatively).

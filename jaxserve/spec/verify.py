@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from jaxserve.sampling import SamplingArrays, _MASKED, apply_filters, apply_penalties
+from jaxserve.sampler import MASKED, SamplingArrays, process_logits
+from jaxserve.sampler.draw import gumbel, row_keys
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -31,32 +32,29 @@ class VerifyResult:
 
 
 def verify(logits: jax.Array, s: SamplingArrays, draft: jax.Array) -> VerifyResult:
-    """logits: f32[R, V]; s: per-row params with steps = output index of the row; draft: i32[R]."""
+    """logits: f32[R, V]; s: per-row params with steps = output index of the row; draft: i32[R].
+
+    The rows go through the sampler's stages up to the draw (the filters keep each row's
+    maximum, so greedy rows' argmax is unchanged); the draws here replace the sampler's draw.
+    """
     R, V = logits.shape
-    logits = logits.astype(jnp.float32)
-    processed = apply_penalties(logits, s) if s.use_penalties else logits
-    greedy_tok = jnp.argmax(processed, axis=-1).astype(jnp.int32)
+    scaled = process_logits(logits.astype(jnp.float32), s)
+    greedy_tok = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
     has_draft = draft >= 0
     d = jnp.where(has_draft, draft, 0)
-    if not s.do_sample:
+    draws = s.stages["draw"]
+    if draws is None:   # every row greedy
         accept = has_draft & (d == greedy_tok)
         return VerifyResult(greedy_tok, accept, greedy_tok)
-    greedy = s.temperature <= 0
-    scaled = processed / jnp.where(greedy, 1.0, s.temperature)[:, None]
-    if s.use_filters:
-        scaled = apply_filters(scaled, s)
-
-    def keys(seed, step):
-        base = jax.random.fold_in(jax.random.key(seed), step)
-        return base, jax.random.fold_in(base, 1), jax.random.fold_in(base, 2)
-
-    k_plain, k_accept, k_resid = jax.vmap(keys)(s.seeds, s.steps)
-    gumbel = lambda ks: jax.vmap(lambda k: jax.random.gumbel(k, (V,)))(ks)
-    plain = jnp.argmax(scaled + gumbel(k_plain), axis=-1).astype(jnp.int32)
+    greedy = ~draws.sampled
+    k_plain = row_keys(draws.seeds, draws.steps)
+    k_accept = jax.vmap(lambda k: jax.random.fold_in(k, 1))(k_plain)
+    k_resid = jax.vmap(lambda k: jax.random.fold_in(k, 2))(k_plain)
+    plain = jnp.argmax(scaled + gumbel(k_plain, V), axis=-1).astype(jnp.int32)
     p_draft = jnp.take_along_axis(jax.nn.softmax(scaled, axis=-1), d[:, None], axis=-1)[:, 0]
     u = jax.vmap(lambda k: jax.random.uniform(k))(k_accept)
-    without_d = jnp.where(jnp.arange(V)[None, :] == d[:, None], _MASKED, scaled)
-    residual = jnp.argmax(without_d + gumbel(k_resid), axis=-1).astype(jnp.int32)
+    without_d = jnp.where(jnp.arange(V)[None, :] == d[:, None], MASKED, scaled)
+    residual = jnp.argmax(without_d + gumbel(k_resid, V), axis=-1).astype(jnp.int32)
     accept = has_draft & jnp.where(greedy, d == greedy_tok, u < p_draft)
     return VerifyResult(jnp.where(greedy, greedy_tok, plain), accept,
                         jnp.where(greedy, greedy_tok, residual))

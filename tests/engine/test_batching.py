@@ -37,14 +37,17 @@ def test_seeds_differ_and_repeat(smollm):
     assert a.token_ids != c.token_ids
 
 
-def test_preemption_gives_same_output():
-    """A pool too small for the batch forces preemption; outputs must equal the roomy run's."""
+def test_preemption_gives_same_output(tiny):
+    """A pool too small for the batch forces preemption; outputs must equal the roomy run's.
+
+    The roomy run is the session's tiny engine (512 pages): one engine fewer to build and compile."""
     prompts = ["Once upon a time", "The history of Rome", "def quicksort(xs):", "Dear diary,",
                "The recipe for bread", "In the beginning"]
     params = SamplingParams(temperature=0.8, seed=3, max_tokens=40, ignore_eos=True)
-    roomy = make_llm("tiny-random", cache__num_pages=256)
     tight = make_llm("tiny-random", cache__num_pages=12, cache__enable_prefix_caching=False)
-    want = [o.token_ids for o in roomy.generate(prompts, params, use_tqdm=False)]
+    preempted_before = tiny.engine.stats().num_preemptions
+    want = [o.token_ids for o in tiny.generate(prompts, params, use_tqdm=False)]
+    assert tiny.engine.stats().num_preemptions == preempted_before     # roomy: nothing preempted
     got = [o.token_ids for o in tight.generate(prompts, params, use_tqdm=False)]
     assert tight.engine.stats().num_preemptions > 0
     assert got == want

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from jaxserve import SamplingParams
-from jaxserve.sampling import sample
+from jaxserve.sampler import build_sampling, sample
 from jaxserve.sequence import Sequence
 from jaxserve.outputs import RequestMetrics
-from jaxserve.step_inputs import Shapes, build_sampling
+from jaxserve.step_inputs import Shapes
 
 SHAPES = Shapes(page_size=16, max_pages_per_seq=8, decode_buckets=(1, 2, 4, 8), prefill_buckets=(16,),
                 max_prefill_seqs=4, history_len=64)

@@ -1,6 +1,8 @@
 """Numerics against Hugging Face transformers on the same GGUF file (float32)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import transformers
 from jaxserve import SamplingParams
 from jaxserve.model.attention import ModelBatch
 
+from .conftest import make_llm
 from .prompts import PROMPTS
 
 pytestmark = pytest.mark.slow
@@ -62,3 +65,26 @@ def test_greedy_matches_transformers_token_for_token(smollm, hf_model):
                                     max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
         ref_new = ref[0, len(ids):].tolist()
         assert out.token_ids == ref_new, f"prompt {prompt!r}"
+
+
+
+def test_safetensors_directory_gives_the_gguf_tokens(smollm, hf_model, gguf_path, tmp_path):
+    """Both doors: SmolLM2 from its GGUF, and the same weights as a directory transformers wrote
+    (config.json + safetensors + tokenizer.json), give the same greedy tokens for the same ids."""
+    # A GGUF-loaded model refuses save_pretrained (it keeps a gguf quantizer): copy its
+    # dequantized weights into a plain model of the same config.
+    config = copy.deepcopy(hf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(hf_model)(config)
+    plain.load_state_dict(hf_model.state_dict())
+    plain.save_pretrained(tmp_path, safe_serialization=True)
+    assert list(tmp_path.glob("*.safetensors")), "transformers wrote no safetensors"
+    transformers.AutoTokenizer.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(tmp_path)
+    from_dir = make_llm(str(tmp_path))
+    ids = [smollm.tokenizer.encode(p) for p in PROMPTS]
+    assert from_dir.tokenizer.encode(PROMPTS[0]) == ids[0]
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    for prompt, a, b in zip(PROMPTS, smollm.generate(ids, params), from_dir.generate(ids, params)):
+        assert a.token_ids == b.token_ids, f"prompt {prompt!r}"

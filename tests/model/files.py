@@ -108,3 +108,42 @@ def write_gguf(path: Path, arch: ModelArch, params: dict, arch_name: str = "llam
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_hf_model_as_gguf(model, arch_name: str, path: Path, vocab: int, *, rope_theta: float,
+                           extra: Callable[[Any], None] = lambda writer: None,
+                           tensor: Callable[[str, np.ndarray], np.ndarray | None] = lambda name, t: t) -> None:
+    """A transformers model -> a GGUF with llama.cpp's metadata keys and tensor names for `arch_name`.
+
+    `extra(writer)` adds family-specific keys; `tensor(hf_name, array)` may rewrite a tensor the
+    way llama.cpp's converter does, or return None to leave it out (e.g. a tied lm_head).
+    No tokenizer is written: only `vocab` is recorded.
+    """
+    import gguf
+
+    c = model.config
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch_name.upper()), c.num_hidden_layers)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w = gguf.GGUFWriter(str(path), arch_name)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_rope_freq_base(rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(vocab)
+    extra(w)
+    for name, t in model.state_dict().items():
+        data = tensor(name, t.float().numpy())
+        if data is None:
+            continue
+        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert gname is not None, name
+        w.add_tensor(gname, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import gguf
 import jax
 import numpy as np
 import pytest
 
 from jaxserve.model.weights import load_gguf, load_safetensors_dir
 
+from .files import write_hf_model_as_gguf
 from .hf_models import FAMILIES, build_hf_model
 
 VOCAB = 128
@@ -24,28 +24,9 @@ VOCAB = 128
 
 def _write_gguf(model, arch_name: str, path) -> None:
     c = model.config
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch_name.upper()), c.num_hidden_layers)
-    w = gguf.GGUFWriter(str(path), arch_name)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(c.head_dim if getattr(c, "head_dim", None) else c.hidden_size // c.num_attention_heads)
-    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_vocab_size(VOCAB)
-    if getattr(c, "sliding_window", None):
-        w.add_sliding_window(c.sliding_window)
-    for name, t in model.state_dict().items():
-        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        assert gname is not None, name
-        w.add_tensor(gname, t.float().numpy())
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    window = getattr(c, "sliding_window", None)
+    write_hf_model_as_gguf(model, arch_name, path, VOCAB, rope_theta=c.rope_parameters["rope_theta"],
+                           extra=lambda w: window and w.add_sliding_window(window))
 
 
 @pytest.mark.parametrize("family, arch_name", [("qwen2", "qwen2"), ("qwen3", "qwen3"), ("phi3", "phi3")])

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import fake_config, live_server
 from fake_engine import FakeEngine
 
@@ -35,3 +36,24 @@ def test_bench_serving_fixed_concurrency_and_poisson(tmp_path):
         assert all(n <= 41 for n in sizes) and sum(sizes) / len(sizes) > 30, str(sizes)
         s = bench.main(common + ["--request-rate", "50", "--endpoint", "chat", "--out", str(tmp_path / "b.json")])
         assert s["completed"] == 12 and s["output_throughput_tps"] > 0
+
+
+@pytest.mark.slow
+def test_bench_serving_structured_both_on_the_real_engine(real_server, tmp_path):
+    """Constrained and unconstrained runs on the same prompts; outputs that stop fit their schema,
+    the unconstrained twin gets the same token counts, and the host mask time comes from /metrics."""
+    bench = _bench_module()
+    s = bench.main(["--base-url", real_server.url, "--num-prompts", "4", "--input-len", "24",
+                    "--output-len", "48", "--concurrency", "4", "--structured", "both",
+                    "--out", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])
+    con, unc = s["constrained"], s["unconstrained"]
+    assert con["completed"] == unc["completed"] == 4
+    assert con["structured"]["invalid"] == 0 and con["structured"]["valid"] == con["structured"]["finished_stop"]
+    assert con["structured"]["schemas"] == sorted(bench.STRUCTURED_SCHEMAS)
+    assert unc["total_output_tokens"] == con["total_output_tokens"] and unc["structured"] is None
+    assert con["grammar_mask"]["batches"] > 0 and con["grammar_mask"]["ms_per_batch"] > 0
+    assert unc["grammar_mask"] is None
+    assert s["constrained_over_unconstrained"] > 0
+    body = {}
+    bench.constrain(body, "order", "json_schema")
+    assert body == {"json_schema": bench.STRUCTURED_SCHEMAS["order"]}

@@ -39,15 +39,21 @@ def test_generate_with_set_and_a_moved_cache(tmp_path):
     (cache / gguf.name).symlink_to(gguf.resolve())
     cmd = [sys.executable, "-m", "jaxserve.cli", "generate", "--config", str(TINY_CONFIG), "--max-tokens", "6",
            "--set", "seed=7", "--set", "scheduler.max_num_seqs=2", "--log-level", "warning", PROMPT]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(JAXSERVE_CACHE=str(cache)), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    greedy = SamplingParams(max_tokens=6, temperature=0)
-    want = LLM(TINY_CONFIG, seed=7, scheduler__max_num_seqs=2).generate(PROMPT, greedy, use_tqdm=False)[0].text
-    other = LLM(TINY_CONFIG).generate(PROMPT, greedy, use_tqdm=False)[0].text
+    # The references are computed here while the subprocess loads and compiles (two cores).
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(JAXSERVE_CACHE=str(cache)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        greedy = SamplingParams(max_tokens=6, temperature=0)
+        want = LLM(TINY_CONFIG, seed=7, scheduler__max_num_seqs=2).generate(PROMPT, greedy, use_tqdm=False)[0].text
+        other = LLM(TINY_CONFIG).generate(PROMPT, greedy, use_tqdm=False)[0].text
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
     assert want != other                                  # so the output shows --set seed=7 was applied
-    assert proc.stdout == want + "\n"
+    assert stdout == want + "\n"
     assert any((cache / "xla").iterdir())                  # compiled programs went to $JAXSERVE_CACHE/xla
 
 

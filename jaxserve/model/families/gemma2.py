@@ -1,9 +1,9 @@
 """Gemma 2: the Gemma decoder (model/gemma.py) with attention and final-logit soft caps and
 sliding and full layers alternating. Also the config reading Gemma 3 shares.
 
-Hugging Face checkpoints only for now: llama.cpp's Gemma GGUF files fold the (1 + w) of the
-norms in at conversion and name the sandwich norms differently; that mapping is not written yet,
-so such a file is refused at load (no GGUF architecture is registered).
+GGUF: llama.cpp's converter folds the (1 + w) of every norm into w, so those files load with no
+norm offset; the sandwich norms get their own names (GEMMA_GGUF). Gemma 3 reads GGUF (gemma3.py);
+a Gemma 2 GGUF is still refused at load (no GGUF architecture registered), untested on a real file.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from jaxserve.model import gemma
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.families.hf_config import HFConfig, MissingConfigField, rope_settings
 from jaxserve.model.families.llama import TP_COLUMN, TP_ROW
-from jaxserve.model.param_map import LLAMA_LAYER, LayerTensors, convert_table
+from jaxserve.model.param_map import LLAMA_GGUF, LLAMA_LAYER, LayerTensors, convert_table
 from jaxserve.model.registry import ModelFamily
 
 NAME = "gemma2"
@@ -22,6 +22,14 @@ GEMMA_LAYER = {
     "post_attention_layernorm.weight": ("post_attn_norm", "scale"),
     "pre_feedforward_layernorm.weight": ("mlp_norm", "scale"),
     "post_feedforward_layernorm.weight": ("post_mlp_norm", "scale"),
+}
+# Hugging Face suffix -> llama.cpp's, for the Gemma layout.
+GEMMA_GGUF = {
+    **{k: v for k, v in LLAMA_GGUF.items() if k in GEMMA_LAYER},
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
 }
 _KIND = {"sliding_attention": "sliding", "full_attention": "full"}
 
@@ -90,12 +98,13 @@ def read_hf_config(cfg: dict, source: str = "config.json"):
     return read_gemma_config(c, qk_norm=False, default_pattern=2)
 
 
-def gemma_family(name: str, hf_architecture: str, read_hf_config) -> ModelFamily:
-    """A family on the Gemma decoder (Hugging Face checkpoints; no GGUF mapping yet)."""
+def gemma_family(name: str, hf_architecture: str, read_hf_config, read_gguf_config=None) -> ModelFamily:
+    """A family on the Gemma decoder; GGUF files of `general.architecture = name` where
+    read_gguf_config is given."""
     return ModelFamily(
-        name=name, hf_architectures=(hf_architecture,), gguf_architectures=(),
-        read_hf_config=read_hf_config, read_gguf_config=None, convert_layer=convert_layer,
-        gguf_tensor_names={}, gguf_permutes_qk=False, forward=gemma.forward,
+        name=name, hf_architectures=(hf_architecture,), gguf_architectures=(name,) if read_gguf_config else (),
+        read_hf_config=read_hf_config, read_gguf_config=read_gguf_config, convert_layer=convert_layer,
+        gguf_tensor_names=GEMMA_GGUF, gguf_permutes_qk=False, forward=gemma.forward,
         layer_param_shapes=gemma.layer_param_shapes, init_random_params=gemma.init_random_params,
         tp_column=TP_COLUMN, tp_row=TP_ROW, arrange_layers=gemma.arrange_layers, hf_norm_offset=1.0)
 
