@@ -50,5 +50,5 @@ def shard_params(params: dict, mesh: Mesh, family) -> dict:
 
 
 def kv_sharding(mesh: Mesh, num_kv_heads: int) -> NamedSharding:
-    """Pools [L, P, S, K, D] split over K when it divides, else replicated."""
-    return NamedSharding(mesh, _spec((1, 1, 1, num_kv_heads, 1), 3, mesh.size))
+    """Pools [L, P, S, K*D] split over K (whole heads to a device) when it divides, else replicated."""
+    return NamedSharding(mesh, _spec((1, 1, 1, num_kv_heads), 3, mesh.size))

@@ -21,7 +21,7 @@ from jaxserve.kv_cache import KVPages
 
 @functools.partial(jax.jit, static_argnames=())
 def _gather(k_pool, v_pool, ids):
-    return k_pool[:, ids], v_pool[:, ids]                      # [L, g, S, K, D] each
+    return k_pool[:, ids], v_pool[:, ids]                      # [L, g, S, K*D] each
 
 
 @functools.partial(jax.jit, donate_argnames=("kv",))
@@ -43,7 +43,7 @@ def _groups(n: int) -> list[tuple[int, int]]:
 @dataclass
 class KVPayload:
     """One request's pages, already on their way to the decode mesh."""
-    groups: list[tuple[jax.Array, jax.Array]]   # per group: K and V [L, g, S, K, D]
+    groups: list[tuple[jax.Array, jax.Array]]   # per group: K and V [L, g, S, K*D]
     num_pages: int
     nbytes: int
     sent_s: float
@@ -51,7 +51,7 @@ class KVPayload:
 
 class KVTransfer:
     def __init__(self, decode_sharding):
-        self.decode_sharding = decode_sharding   # NamedSharding for [L, g, S, K, D] on the decode mesh
+        self.decode_sharding = decode_sharding   # NamedSharding for [L, g, S, K*D] on the decode mesh
         self._lock = threading.Lock()
         self.bytes_total = 0
         self.transfers = 0

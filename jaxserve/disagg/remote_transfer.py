@@ -41,7 +41,7 @@ def start_server(host: str = "127.0.0.1"):
 
 @dataclass
 class _Staged:
-    arrays: list[jax.Array]       # K, V per group: [L, g, S, K, D]
+    arrays: list[jax.Array]       # K, V per group: [L, g, S, K*D]
     nbytes: int
     expires_s: float
 

@@ -61,7 +61,7 @@ class Ticket:
     address: str                          # the prefill worker's transfer server, host:port
     uuid: int
     num_pages: int
-    group_shapes: list[list[int]]         # per power-of-two group: [L, g, S, K, D] (K and V alike)
+    group_shapes: list[list[int]]         # per power-of-two group: [L, g, S, K*D] (K and V alike)
     dtype: str
     nbytes: int
     release_url: str = ""                 # POST {"uuid"} here once pulled

@@ -55,7 +55,7 @@ def paged_attention(q: jax.Array, k: jax.Array, v: jax.Array, k_pool: jax.Array,
                     v_pool: jax.Array, layer: jax.Array, batch: ModelBatch,
                     opts: AttentionOptions, *, sliding_window: int | None = None,
                     soft_cap: float | None = None, scale: float | None = None) -> jax.Array:
-    """q: [T, H, D]; k, v: [T, K, D] this step's, which the pools [L, P, S, K, D] already hold.
+    """q: [T, H, D]; k, v: [T, K, D] this step's, which the pools [L, P, S, K*D] already hold.
 
     sliding_window: each query attends to its last `sliding_window` positions, itself included
       (Hugging Face's convention); soft_cap: logits become soft_cap * tanh(logits / soft_cap);
@@ -64,7 +64,7 @@ def paged_attention(q: jax.Array, k: jax.Array, v: jax.Array, k_pool: jax.Array,
     Returns [T, H, D]. A backend may read a prefill's fresh K/V from k, v instead of the pages.
     """
     num_pages = k_pool.shape[1]
-    k_pages, v_pages = layer_view(k_pool), layer_view(v_pool)
+    k_pages, v_pages = layer_view(k_pool, k.shape[1]), layer_view(v_pool, k.shape[1])
     tables = batch.block_tables + layer * num_pages
     options = dict(scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
                    impl=opts.impl, interpret=opts.interpret)

@@ -76,16 +76,10 @@ def write_gguf(path: Path, arch: ModelArch, params: dict, arch_name: str = "llam
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
     w = GGUFWriter(str(path), arch_name)
-    w.add_vocab_size(arch.vocab_size)
-    w.add_embedding_length(arch.hidden_size)
-    w.add_feed_forward_length(arch.intermediate_size)
-    w.add_block_count(arch.num_layers)
-    w.add_head_count(arch.num_heads)
-    w.add_head_count_kv(arch.num_kv_heads)
-    w.add_key_length(arch.head_dim)
-    w.add_rope_freq_base(arch.rope_theta)
-    w.add_layer_norm_rms_eps(arch.rms_norm_eps)
-    w.add_context_length(arch.max_position)
+    _add_hparams(w, layers=arch.num_layers, context=arch.max_position, hidden=arch.hidden_size,
+                 ffn=arch.intermediate_size, heads=arch.num_heads, kv_heads=arch.num_kv_heads,
+                 head_dim=arch.head_dim, rope_theta=arch.rope_theta, eps=arch.rms_norm_eps,
+                 vocab=arch.vocab_size)
     if tokenizer_from is not None:
         for key, field in GGUFReader(str(tokenizer_from)).fields.items():
             if key.startswith("tokenizer."):
@@ -103,11 +97,30 @@ def write_gguf(path: Path, arch: ModelArch, params: dict, arch_name: str = "llam
         else:
             data, qtype = encoded
             w.add_tensor(gname, data, raw_shape=data.shape, raw_dtype=qtype)
+    _write_out(w)
+    return path
+
+
+def _add_hparams(w, *, layers, context, hidden, ffn, heads, kv_heads, head_dim, rope_theta, eps,
+                 vocab) -> None:
+    """The metadata keys every family's GGUF carries (llama.cpp's GGUFWriter names)."""
+    w.add_block_count(layers)
+    w.add_context_length(context)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_key_length(head_dim)
+    w.add_rope_freq_base(rope_theta)
+    w.add_layer_norm_rms_eps(eps)
+    w.add_vocab_size(vocab)
+
+
+def _write_out(w) -> None:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
 
 
 def write_hf_model_as_gguf(model, arch_name: str, path: Path, vocab: int, *, rope_theta: float,
@@ -125,16 +138,9 @@ def write_hf_model_as_gguf(model, arch_name: str, path: Path, vocab: int, *, rop
     names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch_name.upper()), c.num_hidden_layers)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     w = gguf.GGUFWriter(str(path), arch_name)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(head_dim)
-    w.add_rope_freq_base(rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_vocab_size(vocab)
+    _add_hparams(w, layers=c.num_hidden_layers, context=c.max_position_embeddings, hidden=c.hidden_size,
+                 ffn=c.intermediate_size, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                 head_dim=head_dim, rope_theta=rope_theta, eps=c.rms_norm_eps, vocab=vocab)
     extra(w)
     for name, t in model.state_dict().items():
         data = tensor(name, t.float().numpy())
@@ -143,7 +149,4 @@ def write_hf_model_as_gguf(model, arch_name: str, path: Path, vocab: int, *, rop
         gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
         assert gname is not None, name
         w.add_tensor(gname, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _write_out(w)
