@@ -29,8 +29,8 @@ from jaxserve.disagg.worker import (WorkerEngine, create_worker_app, first_delta
 from jaxserve.disagg.worker_api import SeqState, Ticket, delta_to_json
 from jaxserve.engine import Engine
 from jaxserve.sequence import Sequence
-from jaxserve.structured import GrammarState
 from jaxserve.server.app import unless_disconnected
+from jaxserve.structured import GrammarState
 from jaxserve.tokenizer import IncrementalDetokenizer
 
 
