@@ -69,6 +69,11 @@ def rope_settings(c: HFConfig) -> tuple[float, RopeScaling | None]:
         original_max_position=int(need("original_max_position_embeddings")))
 
 
+def yarn_mscale(factor: float, m: float = 1.0) -> float:
+    """YaRN's default attention factor for a context `factor` times the original."""
+    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+
 def _yarn_scaling(c: HFConfig, scaling: dict) -> RopeScaling:
     """YaRN's parameters with transformers' defaults resolved (modeling_rope_utils): the
     pretraining length from the top level (Phi-3 style) before rope_scaling, else
@@ -85,13 +90,11 @@ def _yarn_scaling(c: HFConfig, scaling: dict) -> RopeScaling:
             raise MissingConfigField(f"{c.source}: rope scaling 'yarn' lacks 'factor'")
         factor = max_position / original
 
-    def mscale(scale: float, m: float = 1.0) -> float:
-        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
     attention_factor = scaling.get("attention_factor")
     if attention_factor is None:
         m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
-        attention_factor = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+        attention_factor = (yarn_mscale(factor, m) / yarn_mscale(factor, m_all) if m and m_all
+                            else yarn_mscale(factor))
     return RopeScaling(rope_type="yarn", factor=float(factor), original_max_position=int(original),
                        attention_factor=float(attention_factor),
                        beta_fast=float(scaling.get("beta_fast") or 32),
