@@ -28,7 +28,7 @@ from jaxserve.seeds import fold_seed, request_seed, sample_seed
 from jaxserve.sequence import SeqStatus, Sequence
 from jaxserve.spec.verify import accepted_tokens
 from jaxserve.step_inputs import Shapes, StepInputs, Work, bucket, pack_step
-from jaxserve.structured import GrammarCompiler
+from jaxserve.structured import GrammarCompiler, GrammarState
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import warmup_runner
 
@@ -284,25 +284,27 @@ class Engine:
         self.scheduler.add(seq)
 
     def import_sequence(self, request_id: str, index: int, prompt_ids: list[int], output_ids: list[int],
-                        params: SamplingParams, seed: int, pages: list[int] | None = None) -> Sequence:
+                        params: SamplingParams, seed: int, pages: list[int] | None = None,
+                        grammar: GrammarState | None = None) -> Sequence:
         """Continue a sequence begun in another process, whose output_ids were already emitted.
 
         Its detokenizer and stop-string state are rebuilt by replaying output_ids, so the next
         text delta continues the emitted text exactly. pages: our pool pages already holding the
-        K/V of all but its last token (adopted); None: prefill prompt + output here.
+        K/V of all but its last token (adopted); None: prefill prompt + output here. grammar:
+        params.structured's state already advanced over output_ids (the workers build it off the
+        engine thread: GrammarCompiler.state_after); None: built here if the request is constrained.
         """
+        if params.structured is not None and grammar is None:
+            grammar = self.grammars.state_after(params.structured, output_ids)
         seq = Sequence(seq_id=self._next_seq_id, request_id=request_id, index=index,
                        prompt_ids=list(prompt_ids), params=params, seed=fold_seed(seed),
-                       metrics=RequestMetrics(arrival_s=time.perf_counter()), output_ids=list(output_ids))
+                       metrics=RequestMetrics(arrival_s=time.perf_counter()), output_ids=list(output_ids),
+                       grammar=grammar)
         self._next_seq_id += 1
         detok = IncrementalDetokenizer(self.tokenizer, prompt_ids,
                                        skip_special_tokens=params.skip_special_tokens)
-        if params.structured is not None:
-            seq.grammar = self.grammars.state(params.structured)
         for token in output_ids:
             self._apply_stop_strings(seq, detok.push([token]), final=False)
-            if seq.grammar is not None:
-                seq.grammar.advance(token)
         if pages is None:
             self.prompt_tokens_total += len(prompt_ids)
             self.adopt_for_recompute(seq, detok)

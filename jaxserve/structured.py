@@ -130,6 +130,20 @@ class GrammarCompiler:
     def state(self, spec: StructuredOutput) -> "GrammarState":
         return GrammarState(self.compile(spec).deep_copy(), self.vocab_size)
 
+    def state_after(self, spec: StructuredOutput, tokens: list[int]) -> "GrammarState":
+        """A fresh state for spec advanced over tokens already emitted (a sequence continued
+        in another process). ValueError naming output_ids when the grammar would not have
+        allowed them, or when they already complete it (nothing could follow).
+        """
+        state = self.state(spec)
+        for i, token in enumerate(tokens):
+            if state.matcher.is_stopped() or not state.matcher.consume_token(token):
+                raise ValueError(f"output_ids[{i}] = {token} is not allowed by structured.{spec.kind} "
+                                 f"after the tokens before it")
+        if tokens and state.matcher.is_stopped():
+            raise ValueError(f"output_ids already complete structured.{spec.kind}: nothing may follow")
+        return state
+
 
 def _first_line(message: str, limit: int = 300) -> str:
     line = message.strip().splitlines()[0] if message.strip() else "invalid grammar"

@@ -6,10 +6,13 @@ D workflow, one sequence:
      thread of its own and bounded by --kv-ticket-timeout (KVPuller.pull), then tells the prefill
      worker to release them (POST /release, in the background). A failed pull answers 502: the
      router prefills the sequence again elsewhere.
-  2. It parks (state, pulled groups) and starts AsyncEngine.generate; on the engine thread
-     `_start` allocates pages, scatters the groups into them (pools donated) and adopts the
-     sequence (`Engine.import_sequence(..., pages)`). If the pool is full, or there was no
-     ticket, the sequence is prefilled here instead (recompute).
+  2. It parks (state, pulled groups, grammar state) and starts AsyncEngine.generate; on the
+     engine thread `_start` allocates pages, scatters the groups into them (pools donated) and
+     adopts the sequence (`Engine.import_sequence(..., pages)`). If the pool is full, or there was
+     no ticket, the sequence is prefilled here instead (recompute). A constrained sequence's
+     grammar was compiled and advanced over every token it already emitted on a thread before
+     the pull (worker.grammar_for; a bad constraint or replay is a 400 and the ticket is
+     released), so every token it samples here is masked, EOS only where the grammar may end.
   3. Every step's delta for it goes out as one JSON line, until one is finished. A client that
      disconnects aborts the sequence (its pages are freed at the next step).
 """
@@ -27,11 +30,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from jaxserve.async_engine import AsyncEngine
 from jaxserve.disagg.remote_transfer import KVPuller
-from jaxserve.disagg.worker import (WorkerEngine, create_worker_app, first_delta, in_thread,
-                                    parse_state)
+from jaxserve.disagg.worker import (WorkerEngine, create_worker_app, first_delta, grammar_for,
+                                    in_thread, parse_state)
 from jaxserve.disagg.worker_api import SeqState, Ticket, delta_to_json, error_body
 from jaxserve.engine import Engine
 from jaxserve.page_table import OutOfPages
+from jaxserve.structured import GrammarState
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,9 @@ class DecodeEngine(WorkerEngine):
         self.puller = puller
         self.recomputed = 0      # sequences prefilled here because their pages did not fit
 
-    def _start(self, request_id: str, item: tuple[SeqState, Ticket | None, list | None]) -> None:
-        state, ticket, groups = item
+    def _start(self, request_id: str,
+               item: tuple[SeqState, Ticket | None, list | None, GrammarState | None]) -> None:
+        state, ticket, groups, grammar = item
         pages = None
         expected = -(-(len(state.all_ids) - 1) // self.config.cache.page_size)
         if groups is not None and ticket.num_pages == expected:
@@ -55,7 +60,7 @@ class DecodeEngine(WorkerEngine):
         if pages is None:
             self.recomputed += 1
         self.engine.import_sequence(request_id, state.index, state.prompt_ids, state.output_ids,
-                                    state.params, state.seed, pages)
+                                    state.params, state.seed, pages, grammar=grammar)
 
     def _allocate(self, n: int) -> list[int] | None:
         alloc = self.engine.scheduler.allocator
@@ -81,6 +86,12 @@ def create_decode_app(async_engine: AsyncEngine, worker: DecodeEngine, warmup: b
         except httpx.HTTPError as e:     # the pages expire on their own
             log.info("could not release KV ticket at %s: %r", ticket.release_url, e)
 
+    def release_later(ticket: Ticket) -> None:
+        if ticket.release_url:
+            task = asyncio.create_task(release(ticket))
+            background.add(task)
+            task.add_done_callback(background.discard)
+
     @app.post("/decode")
     async def decode(raw: Request) -> Response:
         parsed = await parse_state(raw, "state")
@@ -94,6 +105,11 @@ def create_decode_app(async_engine: AsyncEngine, worker: DecodeEngine, warmup: b
             return JSONResponse(error_body(400, str(e)), status_code=400)
         if rid in worker.pending:
             return JSONResponse(error_body(400, f"request_id {rid!r} is in use"), status_code=400)
+        grammar = await grammar_for(worker, state)   # before the pull: a refusal costs no transfer
+        if isinstance(grammar, Response):
+            if ticket is not None:
+                release_later(ticket)
+            return grammar
         groups = None
         if ticket is not None:
             t0 = time.perf_counter()
@@ -104,11 +120,8 @@ def create_decode_app(async_engine: AsyncEngine, worker: DecodeEngine, warmup: b
                 return JSONResponse(error_body(502, f"KV pull from {ticket.address} failed: {e!r}",
                                                "kv_transfer_error"), status_code=502)
             worker.observe_transfer(time.perf_counter() - t0, ticket.nbytes)
-            if ticket.release_url:
-                task = asyncio.create_task(release(ticket))
-                background.add(task)
-                task.add_done_callback(background.discard)
-        worker.pending[rid] = (state, ticket, groups)
+            release_later(ticket)
+        worker.pending[rid] = (state, ticket, groups, grammar)
         gen = async_engine.generate(rid, state.all_ids, state.params)
         first = await first_delta(gen)
         if isinstance(first, Response):

@@ -1,9 +1,11 @@
 """Prefill worker (`jaxserve serve --role prefill`): prompt in, first token + KV ticket out.
 
 P workflow, one sequence:
-  1. POST /prefill {SeqState}: the handler parks the state and starts AsyncEngine.generate; on the
-     engine thread `_start` imports it (`Engine.import_sequence`: a resumed sequence brings the
-     tokens it already emitted, and they are prefilled too).
+  1. POST /prefill {SeqState}: a constrained sequence's grammar is compiled and replayed over the
+     tokens it already emitted on a thread (worker.grammar_for); the handler parks the state and
+     starts AsyncEngine.generate; on the engine thread `_start` imports it
+     (`Engine.import_sequence`: a resumed sequence brings the tokens it already emitted, and they
+     are prefilled too). The first token is sampled under the grammar like any other.
   2. Engine.step computes the prompt (chunked, prefix cache first), samples the first token and
      calls the `handoff` hook, still inside the step: `_on_prefilled` stages exactly the
      sequence's pages on the transfer server (remote_transfer.KVStager), releases them from the
@@ -22,11 +24,13 @@ from fastapi.responses import JSONResponse, Response
 
 from jaxserve.async_engine import AsyncEngine
 from jaxserve.disagg.remote_transfer import KVStager
-from jaxserve.disagg.worker import WorkerEngine, create_worker_app, first_delta, parse_state
+from jaxserve.disagg.worker import (WorkerEngine, create_worker_app, first_delta, grammar_for,
+                                    parse_state)
 from jaxserve.disagg.worker_api import SeqState, Ticket, delta_to_json
 from jaxserve.engine import Engine
 from jaxserve.sequence import Sequence
 from jaxserve.server.app import unless_disconnected
+from jaxserve.structured import GrammarState
 from jaxserve.tokenizer import IncrementalDetokenizer
 
 
@@ -39,9 +43,10 @@ class PrefillEngine(WorkerEngine):
         self.tickets: dict[str, Ticket] = {}          # filled on the engine thread, read by HTTP
         engine.handoff = self._on_prefilled
 
-    def _start(self, request_id: str, state: SeqState) -> None:
+    def _start(self, request_id: str, item: tuple[SeqState, GrammarState | None]) -> None:
+        state, grammar = item
         self.engine.import_sequence(request_id, state.index, state.prompt_ids, state.output_ids,
-                                    state.params, state.seed)
+                                    state.params, state.seed, grammar=grammar)
 
     def _on_prefilled(self, seq: Sequence, detok: IncrementalDetokenizer) -> None:
         t0 = time.perf_counter()
@@ -62,9 +67,12 @@ def create_prefill_app(async_engine: AsyncEngine, worker: PrefillEngine, warmup:
             return parsed
         _, state = parsed
         rid = state.request_id
+        grammar = await grammar_for(worker, state)
+        if isinstance(grammar, Response):
+            return grammar
         if rid in worker.pending:
             return JSONResponse({"error": {"message": f"request_id {rid!r} is in use"}}, status_code=400)
-        worker.pending[rid] = state
+        worker.pending[rid] = (state, grammar)
         gen = async_engine.generate(rid, state.all_ids, state.params)
         answered = False
         try:

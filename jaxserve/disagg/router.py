@@ -7,7 +7,9 @@ Life of one sequence (a request with n samples runs n of these, seeds fixed here
   1. pick a prefill instance: the one whose prefix cache holds the longest run of the prompt's
      pages (router-side map from page-hash chain prefixes to the instance that last prefilled
      them) unless it is much busier than the least loaded; else the least loaded.
-  2. POST /prefill {SeqState} -> the first token's delta (passed on at once) and a KV Ticket.
+  2. POST /prefill {SeqState} -> the first token's delta (passed on at once) and a KV Ticket. A
+     structured-output constraint travels in the SeqState; each worker replays its grammar over
+     the tokens already emitted, so a sequence stays constrained across hand-off and failover.
   3. pick the least loaded decode instance; POST /decode {state, ticket} and pass on each NDJSON
      delta, appending its tokens to the state, until one is finished.
   4. a worker that fails (connection refused or reset, stream cut short, 5xx) is marked down and
@@ -38,6 +40,7 @@ from jaxserve.disagg.worker_api import SeqState, delta_from_json
 from jaxserve.outputs import EngineStats, SequenceDelta
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.seeds import request_seed, sample_seed
+from jaxserve.structured import GrammarCompiler
 from jaxserve.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,10 @@ class RouterEngine:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = config.model.max_model_len
+        # Structured outputs: the server compiles each constraint here first (off the event loop),
+        # so an invalid one is a 400 naming the field before any worker sees it; the workers
+        # compile it again for their own matchers (worker.grammar_for).
+        self.grammars = GrammarCompiler(tokenizer)
         self.pool = InstancePool(prefill_urls, decode_urls, config.cache.page_size)
         self.poll_interval_s = poll_interval_s
         self.max_failures = max_failures or 2 * (len(prefill_urls) + len(decode_urls)) + 2

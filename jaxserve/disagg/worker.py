@@ -30,6 +30,7 @@ from jaxserve.engine import Engine, QueueFull
 from jaxserve.metrics import CONTENT_TYPE, ServerMetrics
 from jaxserve.outputs import EngineStats, SequenceDelta
 from jaxserve.sampling_params import SamplingParams
+from jaxserve.structured import GrammarState
 
 
 class WorkerEngine:
@@ -117,6 +118,32 @@ async def parse_state(raw: Request, key: str | None = None) -> tuple[dict, SeqSt
         return body, SeqState.from_json(body[key] if key else body)
     except (ValueError, KeyError, TypeError) as e:
         return JSONResponse(error_body(400, f"bad request body: {e}"), status_code=400)
+
+
+async def grammar_for(worker: WorkerEngine, state: SeqState) -> GrammarState | JSONResponse | None:
+    """The sequence's grammar state, advanced over the tokens it already emitted; None if it is
+    unconstrained; a 400 naming the field if the constraint or the replay is invalid.
+
+    Compiling a grammar takes up to seconds and a replay is one matcher step per emitted token,
+    so both run on a thread here, as the server compiles on its tokenizer threads: the engine
+    thread only attaches the ready state (Engine.import_sequence(..., grammar=)).
+    """
+    spec = state.params.structured
+    if spec is None:
+        return None
+    grammars = worker.engine.grammars
+
+    def build() -> GrammarState:
+        try:
+            grammars.compile(spec)
+        except ValueError as e:   # it names structured.<kind>, which a SeqState holds in params
+            raise ValueError(f"params.{e}") from None
+        return grammars.state_after(spec, state.output_ids)
+
+    try:
+        return await asyncio.to_thread(build)
+    except ValueError as e:
+        return JSONResponse(error_body(400, f"bad sequence state: {e}"), status_code=400)
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any, timeout_s: float) -> Any:

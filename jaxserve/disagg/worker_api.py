@@ -7,8 +7,10 @@
     decode  --POST /release  {"uuid": int}------------------------------->  prefill worker
 
 A SeqState is everything needed to continue one sequence anywhere: its prompt, the tokens already
-emitted, its sampling params and its seed (draws are keyed by (seed, output index), so a sequence
-continued elsewhere draws exactly what it would have drawn). A Ticket names staged K/V pages on
+emitted, its sampling params (with its structured-output constraint, if any, in the explicit shape
+of structured_to_json; the receiving worker replays the grammar over the emitted tokens) and its
+seed (draws are keyed by (seed, output index), so a sequence continued elsewhere draws exactly
+what it would have drawn). A Ticket names staged K/V pages on
 a prefill worker's JAX transfer server: the decode worker pulls them by (address, uuid).
 """
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxserve.outputs import FinishReason, SequenceDelta, TokenLogprob
-from jaxserve.sampling_params import SamplingParams
+from jaxserve.sampling_params import SamplingParams, short_repr
+from jaxserve.structured import StructuredOutput
 
 
 @dataclass
@@ -35,15 +38,20 @@ class SeqState:
         return self.prompt_ids + self.output_ids
 
     def to_json(self) -> dict[str, Any]:
+        # asdict would turn the constraint into a dict of all its fields, which SamplingParams
+        # refuses on the other side: it travels in its own explicit shape instead.
+        params = dataclasses.asdict(dataclasses.replace(self.params, structured=None))
+        params["structured"] = structured_to_json(self.params.structured)
         return {"request_id": self.request_id, "index": self.index, "prompt_ids": self.prompt_ids,
-                "output_ids": self.output_ids, "params": dataclasses.asdict(self.params),
-                "seed": self.seed}
+                "output_ids": self.output_ids, "params": params, "seed": self.seed}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SeqState":
         """Raises ValueError (naming the field) on a malformed body."""
         try:
-            params = SamplingParams(**d["params"])
+            fields = dict(d["params"])
+            fields["structured"] = structured_from_json(fields.get("structured"))
+            params = SamplingParams(**fields)
             state = cls(request_id=str(d["request_id"]), index=int(d["index"]),
                         prompt_ids=[int(t) for t in d["prompt_ids"]],
                         output_ids=[int(t) for t in d.get("output_ids", [])], params=params,
@@ -53,6 +61,47 @@ class SeqState:
         if params.n != 1:
             raise ValueError(f"n must be 1 on a worker (the router splits samples), got {params.n}")
         return state
+
+
+def structured_to_json(spec: StructuredOutput | None) -> dict[str, Any] | None:
+    """The one constraint as {kind: value}: {"json": schema}, {"json_object": true}, {"regex": str},
+    {"choice": [str, ...]} or {"grammar": str}; None when the sequence is unconstrained."""
+    if spec is None:
+        return None
+    value = getattr(spec, spec.kind)
+    return {spec.kind: list(value) if spec.kind == "choice" else value}
+
+
+def structured_from_json(d: Any) -> StructuredOutput | None:
+    """structured_to_json's inverse; ValueError naming params.structured on any other shape."""
+    if d is None:
+        return None
+    if not isinstance(d, dict) or len(d) != 1:
+        raise ValueError(f"params.structured must be an object with exactly one of {list(_STRUCTURED_KINDS)}, "
+                         f"got {short_repr(d)}")
+    (kind, value), = d.items()
+    check = _STRUCTURED_KINDS.get(kind)
+    if check is None:
+        raise ValueError(f"params.structured has an unknown constraint {short_repr(kind)}; "
+                         f"expected one of {list(_STRUCTURED_KINDS)}")
+    if not check(value):
+        raise ValueError(f"params.structured.{kind} is malformed, got {short_repr(value)}")
+    if kind == "json_object":
+        return StructuredOutput(json_object=True)
+    try:
+        return StructuredOutput(**{kind: tuple(value) if kind == "choice" else value})
+    except ValueError as e:
+        raise ValueError(f"params.{e}") from None
+
+
+# What each constraint's value must look like on the wire (StructuredOutput checks the rest).
+_STRUCTURED_KINDS = {
+    "json": lambda v: isinstance(v, (dict, str)),
+    "json_object": lambda v: v is True,
+    "regex": lambda v: isinstance(v, str),
+    "choice": lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+    "grammar": lambda v: isinstance(v, str),
+}
 
 
 @dataclass

@@ -7,18 +7,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RopeScaling:
-    """Hugging Face `rope_scaling` / `rope_parameters`, the kinds we implement (ROPE_TYPES)."""
+    """Hugging Face `rope_scaling` / `rope_parameters`, the kinds we implement (ROPE_TYPES).
+
+    Fields are resolved at config reading: attention_factor is a number here even where the
+    config leaves it to be derived from factor / mscale.
+    """
 
     rope_type: str = "default"
     factor: float = 1.0
     low_freq_factor: float = 1.0          # llama3 only
     high_freq_factor: float = 4.0         # llama3 only
-    original_max_position: int = 8192     # llama3 only
+    original_max_position: int = 8192     # llama3 and yarn
+    attention_factor: float = 1.0         # yarn: cos and sin (so q and k) are multiplied by it
+    beta_fast: float = 32.0               # yarn: rotations bounding the extrapolated band
+    beta_slow: float = 1.0                # yarn: rotations bounding the interpolated band
+    truncate: bool = True                 # yarn: round the band edges to whole dimensions
 
     def __post_init__(self) -> None:
         if self.rope_type not in ROPE_TYPES:

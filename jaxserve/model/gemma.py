@@ -26,7 +26,7 @@ from jaxserve.kv_cache import KVPages, write_kv
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch, paged_attention
 from jaxserve.model.layers import Dense, Params, RMSNorm, layer_param_shapes_of, lm_head_logits
-from jaxserve.model.rope import apply_rope, rope_frequencies
+from jaxserve.model.rope import apply_rope, rope_attention_factor, rope_frequencies
 
 KINDS = ("sliding", "full")
 
@@ -50,11 +50,13 @@ class GemmaLayer(nn.Module):
         v = Dense(K * D, name="wv")(h).reshape(T, K, D)
         if a.qk_norm:                                   # Gemma 3
             q, k = norm("q_norm")(q), norm("k_norm")(k)
-        if self.sliding:
-            inv_freq = rope_frequencies(D, a.rope_local_theta or a.rope_theta, None)
+        if self.sliding:                                # local base, never scaled
+            theta, scaling = a.rope_local_theta or a.rope_theta, None
         else:
-            inv_freq = rope_frequencies(D, a.rope_theta, a.rope_scaling)
-        q, k = apply_rope(q, batch.positions, inv_freq), apply_rope(k, batch.positions, inv_freq)
+            theta, scaling = a.rope_theta, a.rope_scaling
+        inv_freq, mscale = rope_frequencies(D, theta, scaling), rope_attention_factor(scaling)
+        q = apply_rope(q, batch.positions, inv_freq, mscale)
+        k = apply_rope(k, batch.positions, inv_freq, mscale)
         k_pool = write_kv(k_pool, layer, batch.slots, k)
         v_pool = write_kv(v_pool, layer, batch.slots, v)
         attn = paged_attention(

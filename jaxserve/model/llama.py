@@ -21,7 +21,7 @@ from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch, paged_attention
 from jaxserve.model.layers import (Dense, Params, RMSNorm, layer_param_shapes_of, lm_head_logits,
                                    with_bf16_matmuls)
-from jaxserve.model.rope import apply_rope, rope_frequencies
+from jaxserve.model.rope import apply_rope, rope_attention_factor, rope_frequencies
 
 __all__ = ["DecoderLayer", "Dense", "forward", "init_random_params", "layer_param_shapes",
            "with_bf16_matmuls"]
@@ -47,8 +47,9 @@ class DecoderLayer(nn.Module):
             q = RMSNorm(a.rms_norm_eps, name="q_norm")(q)
             k = RMSNorm(a.rms_norm_eps, name="k_norm")(k)
         inv_freq = rope_frequencies(a.head_dim, a.rope_theta, a.rope_scaling)
-        q = apply_rope(q, batch.positions, inv_freq)
-        k = apply_rope(k, batch.positions, inv_freq)
+        mscale = rope_attention_factor(a.rope_scaling)
+        q = apply_rope(q, batch.positions, inv_freq, mscale)
+        k = apply_rope(k, batch.positions, inv_freq, mscale)
         k_pool = write_kv(k_pool, layer, batch.slots, k)
         v_pool = write_kv(v_pool, layer, batch.slots, v)
         attn = paged_attention(q, k, v, k_pool, v_pool, layer, batch, self.opts,

@@ -133,12 +133,42 @@ def load_safetensors_dir(path: str | os.PathLike, dtype=np.float32) -> tuple[Mod
     path = Path(path)
     family, arch = read_hf_arch(path)
     tensors: dict[str, np.ndarray] = {}
-    for f in sorted(path.glob("*.safetensors")):
-        tensors.update(_load_safetensors_f32(f, load_file))
+    for f in _safetensors_files(path):
+        for name, t in _load_safetensors_f32(f, load_file).items():
+            if name in tensors:     # two files with one name: which is meant is not ours to guess
+                raise CheckpointError(f"{path}: tensor {name} is stored twice (again in {f.name})")
+            tensors[name] = t
     if not tensors:
         raise ValueError(f"{path}: no *.safetensors files")
+    _check_index(path, tensors)
     return arch, build_params(family, arch, CheckpointTensors(tensors.get, tensors, str(path)), dtype,
                               norm_offset=family.hf_norm_offset)
+
+
+_INDEX = "model.safetensors.index.json"
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    """The shards a sharded checkpoint's index names (each must exist), else every *.safetensors."""
+    if not (path / _INDEX).exists():
+        return sorted(path.glob("*.safetensors"))
+    weight_map = json.loads((path / _INDEX).read_text()).get("weight_map") or {}
+    files = [path / name for name in sorted(set(weight_map.values()))]
+    for f in files:
+        if not f.exists():
+            raise CheckpointError(f"{path / _INDEX} names shard {f.name}, which is missing")
+    return files
+
+
+def _check_index(path: Path, tensors: dict) -> None:
+    """The index's weight_map and the shards must list the same tensors."""
+    if not (path / _INDEX).exists():
+        return
+    mapped = set(json.loads((path / _INDEX).read_text())["weight_map"])
+    missing, extra = sorted(mapped - tensors.keys()), sorted(tensors.keys() - mapped)
+    if missing or extra:
+        raise CheckpointError(f"{path}: the shards and {_INDEX} disagree: "
+                              f"in the index only {missing[:3]}, in the shards only {extra[:3]}")
 
 
 def read_hf_arch(path: Path) -> tuple[ModelFamily, ModelArch]:
@@ -191,7 +221,8 @@ CONVERTER_VERSION = 3   # 3: the model registry (ModelArch.family, RoPE scaling,
 def _source_files(source: Path) -> list[Path]:
     """The files whose bytes the conversion reads: a .gguf, or a directory's config and tensors."""
     if source.is_dir():
-        return [source / "config.json", *sorted(source.glob("*.safetensors"))]
+        index = [source / _INDEX] if (source / _INDEX).exists() else []
+        return [source / "config.json", *index, *sorted(source.glob("*.safetensors"))]
     return [source]
 
 

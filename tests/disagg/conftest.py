@@ -1,9 +1,10 @@
 """Worker processes shared by the multi-process tests, started once per session.
 
 Loading a worker is the slow part (~15 s of CPU each), so the session starts one prefill and one
-decode worker for test_multiprocess.py and, when test_faults.py is collected too, a second of
-each at the same time; each module puts its own router in front of the workers it uses.
-test_faults.py runs last because it SIGKILLs workers.
+decode worker for test_multiprocess.py and test_structured_router.py (which share one router in
+front of them, `cluster`) and, when test_faults.py is collected too, a second of each at the same
+time; test_faults.py puts its own router in front of all of them, and runs last because it
+SIGKILLs workers.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.disagg._cluster import spawn, stop, wait_ready
+from tests.disagg._cluster import CONFIG, spawn, spawn_router, stop, wait_ready
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -30,3 +31,17 @@ def workers(request, tmp_path_factory):
         yield SimpleNamespace(prefill=prefill, decode=decode, wait=lambda: wait_ready(prefill + decode))
     finally:
         stop(prefill + decode)
+
+
+@pytest.fixture(scope="session")
+def cluster(workers, tmp_path_factory):
+    """A router over the session's first prefill and decode workers, and the reference LLM."""
+    from jaxserve.llm import LLM
+
+    prefill, decode = workers.prefill[0], workers.decode[0]
+    router = spawn_router(tmp_path_factory.mktemp("mp"), [prefill], [decode])
+    llm = LLM(CONFIG)              # loads while the processes start
+    workers.wait()
+    wait_ready([router])
+    yield SimpleNamespace(router=router, prefill=prefill, decode=decode, llm=llm)
+    stop([router])

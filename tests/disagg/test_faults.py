@@ -1,7 +1,8 @@
 """Workers SIGKILLed under a router with two prefill and two decode processes.
 
 - a decode worker killed mid-stream: its sequences are prefilled again elsewhere (prompt + tokens
-  so far, same seed) and the client's stream completes with exactly the unfaulted text;
+  so far, same seed, a constrained one's grammar replayed) and the client's stream completes
+  with exactly the unfaulted text;
 - a prefill worker killed while holding requests: they fail over and complete on the other one;
 - no decode worker left: a prompt 503 with an OpenAI error body, no hang.
 Before any fault, a repeated prompt is routed to the prefill worker whose prefix cache holds it.
@@ -9,6 +10,7 @@ Runs last in the session (conftest.py): it kills the shared workers.
 """
 from __future__ import annotations
 
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ from tests.disagg._cluster import metric, spawn_router, stop, wait_ready
 
 
 LONG = 400          # tokens: long enough that the kill lands mid-stream
+REGEX = "[a-z]+( [a-z]+)*"   # lowercase words: a constraint that never ends before LONG tokens
 PROMPTS = ["Disaggregated serving survives", "A prefill worker fails while",
            "Tokens keep flowing when", "The router retries the prompt"]
 
@@ -38,7 +41,7 @@ def faults(workers, tmp_path_factory):
 
 def _complete(client, prompt: str, max_tokens: int, **kw) -> str:
     return client.completions.create(model="tiny-random", prompt=prompt, max_tokens=max_tokens,
-                                     extra_body={"ignore_eos": True}, **kw).choices[0].text
+                                     **({"extra_body": {"ignore_eos": True}} | kw)).choices[0].text
 
 
 def _router_metric(faults, name: str) -> float:
@@ -84,21 +87,32 @@ def test_prefill_worker_killed(faults):
     assert [_complete(faults.client, p, 8, temperature=0) for p in PROMPTS] == refs
 
 
+def _grammar_batches(proc) -> float:
+    return metric(httpx.get(f"{proc.url}/metrics").text, "jaxserve:grammar_mask_batches_total")
+
+
 def test_decode_worker_killed_mid_stream(faults):
-    cases = [dict(temperature=0), dict(temperature=1.0, seed=42)]
+    # The last case is constrained: resumed elsewhere, its grammar is replayed over the tokens
+    # already streamed, so the whole text still matches (random weights alone never would).
+    cases = [dict(temperature=0), dict(temperature=1.0, seed=42),
+             dict(temperature=1.0, seed=3, extra_body={"ignore_eos": True, "guided_regex": REGEX})]
     refs = [_complete(faults.client, PROMPTS[0], LONG, **kw) for kw in cases]
+    grammar_before = [_grammar_batches(d) for d in faults.decode]
     streams = [faults.client.completions.create(model="tiny-random", prompt=PROMPTS[0], max_tokens=LONG,
-                                                stream=True, extra_body={"ignore_eos": True}, **kw)
+                                                stream=True, **({"extra_body": {"ignore_eos": True}} | kw))
                for kw in cases]
     pieces = [[next(iter(s)).choices[0].text] for s in streams]   # the first token: from prefill
     for s, got in zip(streams, pieces):
         while len(got) < 4:                                       # ... then decode is running
             got.append(next(iter(s)).choices[0].text)
-    victim = next(d for d in faults.decode if d.load()["num_running"] > 0)
-    victim.kill()
+    # The victim is the decode worker holding the constrained stream (its mask count moved).
+    masked = [d for d, n in zip(faults.decode, grammar_before) if _grammar_batches(d) > n]
+    assert masked, "no decode worker applied the constrained stream's grammar"
+    masked[0].kill()
     for s, got in zip(streams, pieces):
         got += [c.choices[0].text for c in s]
     assert ["".join(p) for p in pieces] == refs
+    assert re.fullmatch(REGEX, refs[-1]) and len(refs[-1]) > 100
     assert _router_metric(faults, 'jaxserve:router_failovers_total{role="decode"}') >= 1
 
 

@@ -6,31 +6,17 @@ computed by the prefill process and pulled into the decode process continue the 
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
 from jaxserve import SamplingParams
-from jaxserve.llm import LLM
-from tests.disagg._cluster import CONFIG, metric, spawn_router, stop, wait_ready
+from tests.disagg._cluster import metric
 
 
 PROMPTS = ["The disaggregated engine says", "Once upon a time, in a land far away, there lived a"
            " king who had three daughters and a very long list of prompt tokens to fill pages"]
-
-
-@pytest.fixture(scope="module")
-def cluster(workers, tmp_path_factory):
-    """A router over the session's first prefill and decode workers, and the reference LLM."""
-    prefill, decode = workers.prefill[0], workers.decode[0]
-    router = spawn_router(tmp_path_factory.mktemp("mp"), [prefill], [decode])
-    llm = LLM(CONFIG)              # loads while the processes start
-    workers.wait()
-    wait_ready([router])
-    yield SimpleNamespace(router=router, prefill=prefill, decode=decode, llm=llm)
-    stop([router])
 
 
 @pytest.fixture(scope="module")

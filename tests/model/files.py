@@ -111,7 +111,8 @@ def _add_hparams(w, *, layers, context, hidden, ffn, heads, kv_heads, head_dim, 
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
     w.add_key_length(head_dim)
-    w.add_rope_freq_base(rope_theta)
+    if rope_theta is not None:          # llama.cpp's gemma2 converter writes none (10,000 implied)
+        w.add_rope_freq_base(rope_theta)
     w.add_layer_norm_rms_eps(eps)
     w.add_vocab_size(vocab)
 
@@ -123,7 +124,7 @@ def _write_out(w) -> None:
     w.close()
 
 
-def write_hf_model_as_gguf(model, arch_name: str, path: Path, vocab: int, *, rope_theta: float,
+def write_hf_model_as_gguf(model, arch_name: str, path: Path, vocab: int, *, rope_theta: float | None,
                            extra: Callable[[Any], None] = lambda writer: None,
                            tensor: Callable[[str, np.ndarray], np.ndarray | None] = lambda name, t: t) -> None:
     """A transformers model -> a GGUF with llama.cpp's metadata keys and tensor names for `arch_name`.

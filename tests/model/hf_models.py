@@ -40,6 +40,11 @@ FAMILIES = {
     "llama-linear": FamilySpec("LlamaConfig", "LlamaForCausalLM", dict(
         rope_scaling=dict(rope_type="linear", factor=4.0))),
     "qwen2": FamilySpec("Qwen2Config", "Qwen2ForCausalLM", dict(rope_theta=1000000.0)),
+    # Qwen2.5's long-context yarn at a small scale: original length 64 with head_dim 16 and base
+    # 1e6 puts the 8 frequencies in all three of yarn's bands; attention_factor 1.14 on q and k.
+    "qwen2-yarn": FamilySpec("Qwen2Config", "Qwen2ForCausalLM", dict(
+        rope_theta=1000000.0, max_position_embeddings=256,
+        rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64))),
     "mistral": FamilySpec("MistralConfig", "MistralForCausalLM", dict(sliding_window=8, head_dim=16),
                           sliding_window=8),
     # head_dim 32: H * D = 128 != hidden 64, as in the real Qwen3 configs.

@@ -82,9 +82,18 @@ def test_missing_config_field_is_named(qwen2_dir):
         load_safetensors_dir(qwen2_dir)
 
 
-def test_unsupported_rope_type_is_named(qwen2_dir):
-    _edit_config(qwen2_dir, lambda c: c["rope_parameters"].update(rope_type="yarn", factor=4.0))
-    with pytest.raises(ValueError, match="rope_type 'yarn'"):
+@pytest.mark.parametrize("rope_type", ["longrope", "made_up"])
+def test_unsupported_rope_type_is_named(qwen2_dir, rope_type):
+    _edit_config(qwen2_dir, lambda c: c["rope_parameters"].update(rope_type=rope_type, factor=4.0))
+    with pytest.raises(ValueError, match=rf"rope_scaling\.rope_type '{rope_type}' \(supported: .*yarn"):
+        load_safetensors_dir(qwen2_dir)
+
+
+def test_dynamic_ntk_rope_is_refused_by_name_with_the_reason(qwen2_dir):
+    """Dynamic NTK's base follows the longest sequence of each forward pass: refused, not
+    approximated by the default frequencies it equals only below max_position_embeddings."""
+    _edit_config(qwen2_dir, lambda c: c["rope_parameters"].update(rope_type="dynamic", factor=2.0))
+    with pytest.raises(ValueError, match=r"rope_scaling\.rope_type 'dynamic' .*longest sequence"):
         load_safetensors_dir(qwen2_dir)
 
 

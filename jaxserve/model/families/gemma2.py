@@ -1,14 +1,18 @@
 """Gemma 2: the Gemma decoder (model/gemma.py) with attention and final-logit soft caps and
 sliding and full layers alternating. Also the config reading Gemma 3 shares.
 
-GGUF: llama.cpp's converter folds the (1 + w) of every norm into w, so those files load with no
-norm offset; the sandwich norms get their own names (GEMMA_GGUF). Gemma 3 reads GGUF (gemma3.py);
-a Gemma 2 GGUF is still refused at load (no GGUF architecture registered), untested on a real file.
+GGUF (`general.architecture = gemma2`): llama.cpp's converter folds the (1 + w) of every norm
+into w, so those files load with no norm offset; the sandwich norms get their own names
+(GEMMA_GGUF). The file carries the soft caps and the window; llama.cpp hard-codes the rest for
+gemma2, and so do we, with its values: even layers sliding, odd ones full, one RoPE base for both,
+and the query scale 1/sqrt(head_dim), except the 27B's 1/sqrt(hidden / heads). Keys it leaves out
+take llama.cpp's defaults (window 4096, caps 50 and 30).
 """
 from __future__ import annotations
 
 from jaxserve.model import gemma
 from jaxserve.model.arch import ModelArch
+from jaxserve.model.families.gguf_config import GGUFMeta, llama_like_gguf_arch
 from jaxserve.model.families.hf_config import HFConfig, MissingConfigField, rope_settings
 from jaxserve.model.families.llama import TP_COLUMN, TP_ROW
 from jaxserve.model.param_map import LLAMA_GGUF, LLAMA_LAYER, LayerTensors, convert_table
@@ -32,6 +36,11 @@ GEMMA_GGUF = {
     "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
 }
 _KIND = {"sliding_attention": "sliding", "full_attention": "full"}
+
+# llama.cpp's gemma2 defaults, for keys a GGUF may lack (llama-hparams / llama-model.cpp).
+_GGUF_WINDOW = 4096
+_GGUF_ATTN_CAP, _GGUF_FINAL_CAP = 50.0, 30.0
+_LAYERS_27B = 46        # the one size whose query_pre_attn_scalar is hidden / heads (144)
 
 
 def convert_layer(t: LayerTensors, arch) -> dict:
@@ -98,6 +107,22 @@ def read_hf_config(cfg: dict, source: str = "config.json"):
     return read_gemma_config(c, qk_norm=False, default_pattern=2)
 
 
+def read_gguf_config(m: GGUFMeta):
+    layers = int(m.arch_key("block_count", required=True))
+    hidden = int(m.arch_key("embedding_length", required=True))
+    heads = int(m.arch_key("attention.head_count", required=True))
+    head_dim = int(m.arch_key("attention.key_length", hidden // heads))
+    theta = float(m.arch_key("rope.freq_base", 10000.0))
+    return llama_like_gguf_arch(
+        m, NAME, head_dim=head_dim, rms_norm_eps=float(m.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
+        layer_kinds=tuple("full" if i % 2 else "sliding" for i in range(layers)),
+        sliding_window=int(m.arch_key("attention.sliding_window", _GGUF_WINDOW)),
+        rope_theta=theta, rope_local_theta=theta,
+        query_pre_attn_scalar=float(hidden // heads if layers == _LAYERS_27B else head_dim),
+        attn_soft_cap=float(m.arch_key("attn_logit_softcapping", _GGUF_ATTN_CAP)),
+        final_soft_cap=float(m.arch_key("final_logit_softcapping", _GGUF_FINAL_CAP)))
+
+
 def gemma_family(name: str, hf_architecture: str, read_hf_config, read_gguf_config=None) -> ModelFamily:
     """A family on the Gemma decoder; GGUF files of `general.architecture = name` where
     read_gguf_config is given."""
@@ -109,4 +134,4 @@ def gemma_family(name: str, hf_architecture: str, read_hf_config, read_gguf_conf
         tp_column=TP_COLUMN, tp_row=TP_ROW, arrange_layers=gemma.arrange_layers, hf_norm_offset=1.0)
 
 
-FAMILY = gemma_family(NAME, "Gemma2ForCausalLM", read_hf_config)
+FAMILY = gemma_family(NAME, "Gemma2ForCausalLM", read_hf_config, read_gguf_config)

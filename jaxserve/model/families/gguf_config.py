@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxserve.model.arch import ModelArch, RopeScaling
-from jaxserve.model.families.hf_config import MissingConfigField
+from jaxserve.model.families.hf_config import MissingConfigField, yarn_mscale
 
 
 class GGUFMeta:
@@ -41,7 +41,28 @@ def _rope_scaling(m: GGUFMeta) -> RopeScaling | None:
         return None
     if kind == "linear":
         return RopeScaling(rope_type="linear", factor=float(m.arch_key("rope.scaling.factor", required=True)))
+    if kind == "yarn":
+        return _yarn_scaling(m)
     raise ValueError(f"{m.source}: GGUF rope scaling {kind!r} is not supported")
+
+
+# YaRN keys that change llama.cpp's rope from the defaults we reproduce; none is written by the
+# converters of the families we read (Qwen2 writes type, factor and original_context_length).
+_YARN_OVERRIDES = ("rope.scaling.attn_factor", "rope.scaling.yarn_attn_factor", "rope.scaling.yarn_beta_fast",
+                   "rope.scaling.yarn_beta_slow", "rope.scaling.yarn_ext_factor",
+                   "rope.scaling.yarn_log_multiplier")
+
+
+def _yarn_scaling(m: GGUFMeta) -> RopeScaling:
+    """llama.cpp's YaRN with its defaults (ext_factor 1, beta_fast 32, beta_slow 1, corr dims
+    floored / ceiled, cos and sin times 1 + 0.1 ln factor) is transformers' yarn with its defaults."""
+    for key in _YARN_OVERRIDES:
+        if m.arch_key(key) is not None:
+            raise ValueError(f"{m.source}: GGUF metadata {m.prefix + key} (a YaRN override) is not supported")
+    factor = float(m.arch_key("rope.scaling.factor", required=True))
+    original = m.arch_key("rope.scaling.original_context_length") or m.arch_key("context_length", required=True)
+    return RopeScaling(rope_type="yarn", factor=factor, original_max_position=int(original),
+                       attention_factor=yarn_mscale(factor))
 
 
 def llama_like_gguf_arch(m: GGUFMeta, family: str, **fields: Any) -> ModelArch:

@@ -6,6 +6,7 @@ Qwen2 (rope_theta 1e6) loaded with the 10000 default and diverged from the first
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from jaxserve.model.arch import ROPE_TYPES, ModelArch, RopeScaling
@@ -45,8 +46,13 @@ def rope_settings(c: HFConfig) -> tuple[float, RopeScaling | None]:
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type == "default":
         return float(theta), None
+    if rope_type == "dynamic":
+        raise c.unsupported(
+            "rope_scaling.rope_type 'dynamic' (dynamic NTK recomputes the RoPE base from the longest "
+            "sequence of each forward pass, so a token's rotation would depend on its batch and keys "
+            "cached at shorter lengths keep the old base; a paged cache cannot reproduce that)")
     if rope_type not in ROPE_TYPES:
-        raise c.unsupported(f"rope_type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+        raise c.unsupported(f"rope_scaling.rope_type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
 
     def need(key):
         if scaling.get(key) is None:
@@ -55,10 +61,45 @@ def rope_settings(c: HFConfig) -> tuple[float, RopeScaling | None]:
 
     if rope_type == "linear":
         return float(theta), RopeScaling(rope_type="linear", factor=float(need("factor")))
+    if rope_type == "yarn":
+        return float(theta), _yarn_scaling(c, scaling)
     return float(theta), RopeScaling(
         rope_type="llama3", factor=float(need("factor")),
         low_freq_factor=float(need("low_freq_factor")), high_freq_factor=float(need("high_freq_factor")),
         original_max_position=int(need("original_max_position_embeddings")))
+
+
+def yarn_mscale(factor: float, m: float = 1.0) -> float:
+    """YaRN's default attention factor for a context `factor` times the original."""
+    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+
+def _yarn_scaling(c: HFConfig, scaling: dict) -> RopeScaling:
+    """YaRN's parameters with transformers' defaults resolved (modeling_rope_utils): the
+    pretraining length from the top level (Phi-3 style) before rope_scaling, else
+    max_position_embeddings; factor from the two lengths where absent; attention_factor from
+    mscale / mscale_all_dim, else 0.1 ln(factor) + 1."""
+    max_position = c.get("max_position_embeddings")
+    original = c.get("original_max_position_embeddings",
+                     scaling.get("original_max_position_embeddings", max_position))
+    if original is None:
+        raise MissingConfigField(f"{c.source}: rope scaling 'yarn' lacks 'original_max_position_embeddings'")
+    factor = scaling.get("factor")
+    if factor is None:
+        if max_position is None:
+            raise MissingConfigField(f"{c.source}: rope scaling 'yarn' lacks 'factor'")
+        factor = max_position / original
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        attention_factor = (yarn_mscale(factor, m) / yarn_mscale(factor, m_all) if m and m_all
+                            else yarn_mscale(factor))
+    return RopeScaling(rope_type="yarn", factor=float(factor), original_max_position=int(original),
+                       attention_factor=float(attention_factor),
+                       beta_fast=float(scaling.get("beta_fast") or 32),
+                       beta_slow=float(scaling.get("beta_slow") or 1),
+                       truncate=bool(scaling.get("truncate", True)))
 
 
 def uniform_sliding_window(c: HFConfig) -> int | None:
