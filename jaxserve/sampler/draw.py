@@ -1,9 +1,12 @@
-"""Stage 5, draw: the token of each row: argmax for greedy rows, a seeded Gumbel-max draw otherwise.
+"""Stage 5, draw: the token of each row: argmax for greedy rows, a seeded draw otherwise.
 
-Each row's noise uses key = fold_in(key(seed), output_index): the same seed gives the same
-tokens whatever else is in the batch, and a preempted request that is recomputed draws the same
-values. argmax(logits + Gumbel noise) is a draw from softmax(logits) that needs no sort and no
-cumulative sum, and it leaves MASKED tokens out (their noise cannot lift them past a real logit).
+Each row draws with key = fold_in(key(seed), output_index): the same seed gives the same tokens
+whatever else is in the batch, and a preempted request that is recomputed draws the same values.
+The draw inverts the row's cumulative distribution at one uniform number, by blocks: block sums
+of exp(logits - max), the block whose running sum passes u, then the token inside it. One random
+number per row, not one per vocabulary entry: Gumbel-max noise for 32 rows of Gemma 3's 262,144
+tokens cost 290 ms a step on a 2-core CPU (threefry per value), and a plain cumulative sum over
+the row 120 ms. A MASKED token has probability 0 and is never drawn.
 Off (no row samples): plain argmax.
 """
 from __future__ import annotations
@@ -45,8 +48,25 @@ def row_keys(seeds: jax.Array, steps: jax.Array) -> jax.Array:
     return jax.vmap(lambda seed, step: jax.random.fold_in(jax.random.key(seed), step))(seeds, steps)
 
 
-def gumbel(keys: jax.Array, vocab: int) -> jax.Array:
-    return jax.vmap(lambda k: jax.random.gumbel(k, (vocab,)))(keys)
+BLOCK = 256   # tokens per block of the blocked inverse CDF
+
+
+def categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """i32[B]: one draw per row from softmax(logits), by inverting its CDF at one uniform per key."""
+    B, V = logits.shape
+    n = -(-V // BLOCK)
+    e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    e = jnp.pad(e, ((0, 0), (0, n * BLOCK - V))).reshape(B, n, BLOCK)
+    running = jnp.cumsum(jnp.sum(e, axis=-1), axis=-1)                        # [B, n]
+    u = jax.vmap(jax.random.uniform)(keys) * running[:, -1]
+    block = jnp.minimum(jnp.sum(running <= u[:, None], axis=-1), n - 1)      # first running > u
+    before = jnp.where(block > 0, jnp.take_along_axis(running, jnp.maximum(block - 1, 0)[:, None], 1)[:, 0], 0.0)
+    inside = jnp.take_along_axis(e, block[:, None, None], axis=1)[:, 0]       # [B, BLOCK]
+    at = jnp.sum(before[:, None] + jnp.cumsum(inside, axis=-1) <= u[:, None], axis=-1)
+    # Rounding (the block's sum against its own running sum) may push u past the block's end:
+    # then its last token of nonzero probability.
+    last = jnp.max(jnp.where(inside > 0, jnp.arange(BLOCK), 0), axis=-1)
+    return (block * BLOCK + jnp.minimum(at, last)).astype(jnp.int32)
 
 
 def apply(logits: jax.Array, d: DrawArrays | None) -> jax.Array:
@@ -55,8 +75,8 @@ def apply(logits: jax.Array, d: DrawArrays | None) -> jax.Array:
     tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if d is None:
         return tokens
-    noisy = logits + gumbel(row_keys(d.seeds, d.steps), logits.shape[-1])
-    return jnp.where(d.sampled, jnp.argmax(noisy, axis=-1).astype(jnp.int32), tokens)
+    drawn = categorical(row_keys(d.seeds, d.steps), logits)
+    return jnp.where(d.sampled, drawn, tokens)
 
 
 STAGE = Stage("draw", pack, apply)

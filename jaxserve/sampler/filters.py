@@ -15,6 +15,13 @@ pass over the row (32 passes, no data-dependent shapes):
          first k sorted entries.
   min-p  keeps probs >= min_p * max prob: one softmax pass, no search.
 
+Both searches run over candidates when every filtered row has a small top-k (<= 64, as
+llama.cpp's default 40): the row is cut in blocks of 256, and only the 64 blocks with the largest
+maxima are searched (16,384 values, not 262,144). Exact: an element above the k-th largest value
+lies in a block whose maximum outranks all but fewer than k other blocks, so every such element
+and enough copies of the k-th value are among the candidates, and top-p (which only weighs the
+top-k multiset) needs nothing else. min-p still reads the whole row, in one pass.
+
 Exact: the same kept set as the sort-based rule (tests/engine/test_sampler_filters.py checks it
 against a numpy sort on random logits, ties and extreme values); the only difference is float
 summation order, which can move the top-p cut when a cumulative mass equals top_p to the last
@@ -34,10 +41,12 @@ from jaxserve.sampler.stage import MASKED, PackContext, Stage
 from jaxserve.sampler.temperature import sampled_rows
 
 _SEARCH_STEPS = 32   # bisection halvings of the uint32 key range: always lands on one value
+CANDIDATE_BLOCK = 256     # values per block when searching candidates only
+CANDIDATE_BLOCKS = 64     # blocks kept; also the largest top-k searched among candidates
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["top_k", "top_p", "min_p"],
-                   meta_fields=["use_top_k", "use_top_p", "use_min_p"])
+                   meta_fields=["use_top_k", "use_top_p", "use_min_p", "candidate_blocks"])
 @dataclass
 class FilterArrays:
     top_k: jax.Array   # i32[B]; 0 = off
@@ -46,6 +55,7 @@ class FilterArrays:
     use_top_k: bool    # static: any row uses top-k (else that search is not traced)
     use_top_p: bool
     use_min_p: bool
+    candidate_blocks: int = 0   # static: search only this many blocks (see candidates); 0 = whole rows
 
 
 def pack(ctx: PackContext) -> FilterArrays | None:
@@ -62,7 +72,28 @@ def pack(ctx: PackContext) -> FilterArrays | None:
             top_k[i] = min(max(p.top_k, 0), np.iinfo(np.int32).max)
             top_p[i], min_p[i] = p.top_p, p.min_p
     flags = bool(np.any(top_k > 0)), bool(np.any(top_p < 1.0)), bool(np.any(min_p > 0))
-    return FilterArrays(top_k, top_p, min_p, *flags) if any(flags) else None
+    if not any(flags):
+        return None
+    return FilterArrays(top_k, top_p, min_p, *flags, candidate_blocks=candidate_blocks(top_k, top_p))
+
+
+def candidate_blocks(top_k: np.ndarray, top_p: np.ndarray) -> int:
+    """CANDIDATE_BLOCKS when the searches may run over candidates: some row uses top-k, and every
+    row either has top-k <= CANDIDATE_BLOCKS or uses neither top-k nor top-p (top-p without
+    top-k weighs the whole row)."""
+    small = (top_k > 0) & (top_k <= CANDIDATE_BLOCKS)
+    unsearched = (top_k == 0) & (top_p >= 1.0)
+    return CANDIDATE_BLOCKS if small.any() and (small | unsearched).all() else 0
+
+
+def candidates(logits: jax.Array, num_blocks: int) -> jax.Array:
+    """[B, num_blocks * CANDIDATE_BLOCK]: each row's blocks with the largest maxima (-inf padded)."""
+    B, V = logits.shape
+    n = -(-V // CANDIDATE_BLOCK)
+    blocks = jnp.pad(logits, ((0, 0), (0, n * CANDIDATE_BLOCK - V)), constant_values=-jnp.inf)
+    blocks = blocks.reshape(B, n, CANDIDATE_BLOCK)
+    _, ids = jax.lax.top_k(jnp.max(blocks, axis=-1), num_blocks)      # a sort of n, not of V
+    return jnp.take_along_axis(blocks, ids[:, :, None], axis=1).reshape(B, -1)
 
 
 def sort_key(x: jax.Array) -> jax.Array:
@@ -127,15 +158,19 @@ def top_p_threshold(logits: jax.Array, keys: jax.Array, kth: jax.Array, k: jax.A
 @jax.jit
 def apply(logits: jax.Array, f: FilterArrays) -> jax.Array:
     B, V = logits.shape
-    keys = sort_key(logits)                                                     # u32[B, V]
     k = jnp.where(f.top_k > 0, jnp.minimum(f.top_k, V), V)
+    searched = logits
+    if f.candidate_blocks and f.candidate_blocks * CANDIDATE_BLOCK < V:
+        searched = candidates(logits, f.candidate_blocks)
+        k = jnp.where(f.top_k > 0, k, 1)       # rows without top-k are not searched (see pack)
+    keys = sort_key(searched)                                                   # u32[B, V']
     if f.use_top_k:
-        kth = top_k_threshold(logits, keys, k)
+        kth = top_k_threshold(searched, keys, k)
     else:
         kth = jnp.min(logits, axis=-1)
     threshold = jnp.where(f.top_k > 0, kth, -jnp.inf)
     if f.use_top_p:
-        pth = top_p_threshold(logits, keys, kth, k, f.top_p)
+        pth = top_p_threshold(searched, keys, kth, k, f.top_p)
         threshold = jnp.where(f.top_p < 1.0, jnp.maximum(threshold, pth), threshold)
     logits = jnp.where(logits < threshold[:, None], MASKED, logits)
     if f.use_min_p:

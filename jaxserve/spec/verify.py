@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxserve.sampler import MASKED, SamplingArrays, process_logits
-from jaxserve.sampler.draw import gumbel, row_keys
+from jaxserve.sampler.draw import categorical, row_keys
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -50,11 +50,11 @@ def verify(logits: jax.Array, s: SamplingArrays, draft: jax.Array) -> VerifyResu
     k_plain = row_keys(draws.seeds, draws.steps)
     k_accept = jax.vmap(lambda k: jax.random.fold_in(k, 1))(k_plain)
     k_resid = jax.vmap(lambda k: jax.random.fold_in(k, 2))(k_plain)
-    plain = jnp.argmax(scaled + gumbel(k_plain, V), axis=-1).astype(jnp.int32)
+    plain = categorical(k_plain, scaled)
     p_draft = jnp.take_along_axis(jax.nn.softmax(scaled, axis=-1), d[:, None], axis=-1)[:, 0]
     u = jax.vmap(lambda k: jax.random.uniform(k))(k_accept)
     without_d = jnp.where(jnp.arange(V)[None, :] == d[:, None], MASKED, scaled)
-    residual = jnp.argmax(without_d + gumbel(k_resid, V), axis=-1).astype(jnp.int32)
+    residual = categorical(k_resid, without_d)
     accept = has_draft & jnp.where(greedy, d == greedy_tok, u < p_draft)
     return VerifyResult(jnp.where(greedy, greedy_tok, plain), accept,
                         jnp.where(greedy, greedy_tok, residual))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxserve.sampler import MASKED
+from jaxserve.sampler import filters
 from jaxserve.sampler.filters import FilterArrays, apply, from_sort_key, sort_key
 
 
@@ -80,3 +81,26 @@ def test_sort_key_orders_like_floats_and_round_trips():
     keys = np.asarray(sort_key(x)).astype(np.uint64)
     assert np.all(np.diff(keys) >= 0) and np.all(np.diff(keys)[[0, 1, 2, 3, 5, 6, 7, 8]] > 0)
     np.testing.assert_array_equal(np.asarray(from_sort_key(sort_key(x))).view(np.uint32), x.view(np.uint32))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "extreme", "flat"])
+def test_searching_candidate_blocks_only_gives_the_same_cut(kind):
+    """Rows long enough that only 64 of their blocks of 256 are searched (V not a multiple of 256)."""
+    rng = np.random.default_rng({"normal": 10, "ties": 11, "extreme": 12, "flat": 13}[kind])
+    B, V = 12, 64 * 256 + 3000
+    logits = _rows(rng, B, V, kind)
+    top_k = rng.choice([1, 2, 7, 40, 64], size=B).astype(np.int32)
+    top_p = rng.choice([1.0, 0.95, 0.8, 0.37, 1e-6], size=B).astype(np.float32)
+    top_k[0], top_p[0] = 0, 1.0             # a sampled row that uses neither
+    min_p = rng.choice([0.0, 0.05], size=B).astype(np.float32)
+    assert filters.candidate_blocks(top_k, top_p) == filters.CANDIDATE_BLOCKS
+    f = FilterArrays(top_k, top_p, min_p, True, True, True, candidate_blocks=filters.CANDIDATE_BLOCKS)
+    np.testing.assert_array_equal(np.asarray(apply(logits, f)), reference_filters(logits, top_k, top_p, min_p))
+
+
+def test_rows_needing_the_whole_row_turn_candidate_search_off():
+    k, p = np.array([40, 0], np.int32), np.array([0.9, 0.9], np.float32)
+    assert filters.candidate_blocks(k, p) == 0                      # top-p without top-k
+    assert filters.candidate_blocks(np.array([40, 65], np.int32), np.ones(2, np.float32)) == 0
+    assert filters.candidate_blocks(np.zeros(2, np.int32), p) == 0   # no top-k at all
+    assert filters.candidate_blocks(np.array([40, 0], np.int32), np.array([0.9, 1.0], np.float32)) > 0

@@ -82,3 +82,23 @@ def test_logprobs_are_normalised_and_sorted():
     np.testing.assert_allclose(res.logprobs[0], ref.max(), rtol=1e-5)
     np.testing.assert_allclose(res.top_logprobs[0][:3], np.sort(ref)[::-1][:3], rtol=1e-5)
     assert res.top_ids[0][0] == ref.argmax()
+
+
+def test_blocked_inverse_cdf_draws_follow_softmax_across_blocks():
+    """categorical over 1,000 tokens (four blocks of 256, the last padded): the frequencies of
+    tokens placed in different blocks follow softmax, and masked tokens are never drawn."""
+    import jax
+    import jax.numpy as jnp
+    from jaxserve.sampler import MASKED
+    from jaxserve.sampler.draw import categorical, row_keys
+
+    V, n = 1000, 20000
+    probs = {3: 0.3, 255: 0.1, 256: 0.25, 600: 0.05, 999: 0.2, 998: 0.1}   # block edges on purpose
+    row = np.full(V, MASKED, np.float32)
+    for token, p in probs.items():
+        row[token] = np.log(p)
+    keys = row_keys(jnp.full(n, 7, jnp.uint32), jnp.arange(n, dtype=jnp.int32))
+    tokens = np.asarray(jax.jit(categorical)(keys, jnp.broadcast_to(row, (n, V))))
+    assert set(tokens) <= set(probs)
+    freq = np.bincount(tokens, minlength=V)[list(probs)] / n
+    assert np.abs(freq - list(probs.values())).max() < 0.015
