@@ -1,5 +1,5 @@
 """One ragged model pass per step gives exactly the tokens the old split path gave (a pass per
-kind of row), recorded from it in data/split_outputs.json (see split_oracle.py): mixed batches
+kind of row), recorded from it in data/split_outputs.json (see split_oracle.py; re-recorded at main 10d4c77, the blocked inverse-CDF draw): mixed batches
 with chunked prefill, prefix hits with n = 2, preemption and n-gram speculation, greedy and
 seeded, in float32."""
 from __future__ import annotations
