@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxserve.sampler.stage import PackContext, Stage
+from jaxserve.sampler.stage import PackContext, Stage, in_blocks
 from jaxserve.sampler.temperature import sampled_rows
 
 
@@ -53,10 +53,8 @@ BLOCK = 256   # tokens per block of the blocked inverse CDF
 
 def categorical(keys: jax.Array, logits: jax.Array) -> jax.Array:
     """i32[B]: one draw per row from softmax(logits), by inverting its CDF at one uniform per key."""
-    B, V = logits.shape
-    n = -(-V // BLOCK)
-    e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
-    e = jnp.pad(e, ((0, 0), (0, n * BLOCK - V))).reshape(B, n, BLOCK)
+    e = in_blocks(jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)), BLOCK, 0.0)
+    n = e.shape[1]
     running = jnp.cumsum(jnp.sum(e, axis=-1), axis=-1)                        # [B, n]
     u = jax.vmap(jax.random.uniform)(keys) * running[:, -1]
     block = jnp.minimum(jnp.sum(running <= u[:, None], axis=-1), n - 1)      # first running > u

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxserve.sampler.stage import MASKED, PackContext, Stage
+from jaxserve.sampler.stage import MASKED, PackContext, Stage, in_blocks
 from jaxserve.sampler.temperature import sampled_rows
 
 _SEARCH_STEPS = 32   # bisection halvings of the uint32 key range: always lands on one value
@@ -88,10 +88,8 @@ def candidate_blocks(top_k: np.ndarray, top_p: np.ndarray) -> int:
 
 def candidates(logits: jax.Array, num_blocks: int) -> jax.Array:
     """[B, num_blocks * CANDIDATE_BLOCK]: each row's blocks with the largest maxima (-inf padded)."""
-    B, V = logits.shape
-    n = -(-V // CANDIDATE_BLOCK)
-    blocks = jnp.pad(logits, ((0, 0), (0, n * CANDIDATE_BLOCK - V)), constant_values=-jnp.inf)
-    blocks = blocks.reshape(B, n, CANDIDATE_BLOCK)
+    B = logits.shape[0]
+    blocks = in_blocks(logits, CANDIDATE_BLOCK, -jnp.inf)
     _, ids = jax.lax.top_k(jnp.max(blocks, axis=-1), num_blocks)      # a sort of n, not of V
     return jnp.take_along_axis(blocks, ids[:, :, None], axis=1).reshape(B, -1)
 

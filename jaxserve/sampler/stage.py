@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
+
 # Masked logits get a large finite negative, not -inf: a row whose every token were masked
 # would otherwise turn into NaN after softmax.
 MASKED = -1e30
@@ -46,3 +49,11 @@ class Stage(NamedTuple):
     name: str
     pack: Callable[[PackContext], Any]        # -> pytree of numpy arrays | None (stage off)
     apply: Callable[[Any, Any], Any]          # (logits f32[B, V], packed) -> f32[B, V] (draw: i32[B])
+
+
+def in_blocks(x: jax.Array, size: int, fill: float) -> jax.Array:
+    """[B, V] -> [B, ceil(V / size), size], the tail padded with fill (the filters' candidate
+    search and the draw both work block by block)."""
+    B, V = x.shape
+    n = -(-V // size)
+    return jnp.pad(x, ((0, 0), (0, n * size - V)), constant_values=fill).reshape(B, n, size)
