@@ -15,6 +15,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from jaxserve.admission import check_request
 from jaxserve.config import EngineConfig
 from jaxserve.errors import QueueFull
 from jaxserve.model.arch import ModelArch
@@ -91,16 +92,6 @@ class Engine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
-    @classmethod
-    def from_config(cls, config: EngineConfig):
-        """An Engine, or a DisaggregatedEngine (same interface) when disagg.mode says so."""
-        from jaxserve.loading import load_model
-        arch, params, tokenizer, name = load_model(config)
-        if config.disagg.mode == "disaggregated":
-            from jaxserve.disagg.engine import DisaggregatedEngine
-            return DisaggregatedEngine(config, arch, params, tokenizer, name)
-        return cls(config, arch, params, tokenizer, name)
-
     def _make_proposer(self, config: EngineConfig):
         spec = config.speculative
         if spec.method == "ngram":
@@ -118,19 +109,9 @@ class Engine:
     # ------------------------------------------------------------------------------ requests
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError naming the field if the request can never be served."""
-        params.validate()
-        if not prompt_token_ids:
-            raise ValueError("prompt must not be empty")
-        if any(not isinstance(t, int) or not 0 <= t < self.arch.vocab_size for t in prompt_token_ids):
-            raise ValueError(f"prompt holds token ids outside the vocabulary [0, {self.arch.vocab_size})")
-        n = len(prompt_token_ids)
-        if n >= self.max_model_len:
-            raise ValueError(f"prompt has {n} tokens; model.max_model_len is {self.max_model_len}, "
-                             f"which must leave room for at least one output token")
-        capacity = self.scheduler.allocator.num_usable * self.config.cache.page_size
-        if n + 1 > capacity:
-            raise ValueError(f"prompt has {n} tokens but the KV cache holds only {capacity} "
-                             f"(cache.num_pages x cache.page_size)")
+        check_request(prompt_token_ids, params, max_model_len=self.max_model_len,
+                      vocab_size=self.arch.vocab_size,
+                      kv_capacity_tokens=self.scheduler.allocator.num_usable * self.config.cache.page_size)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                     prompt: str | None = None) -> None:
