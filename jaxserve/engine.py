@@ -26,7 +26,8 @@ from jaxserve.sampler import PackTimes
 from jaxserve.sampling_params import SamplingParams, short_repr
 from jaxserve.scheduler import Scheduler
 from jaxserve.seeds import fold_seed, request_seed, sample_seed
-from jaxserve.sequence import SeqStatus, Sequence
+from jaxserve.sequence import Sequence
+from jaxserve.spec.controller import SpeculationController
 from jaxserve.spec.verify import accepted_tokens
 from jaxserve.step_inputs import Shapes, StepInputs, Work, bucket, pack_step
 from jaxserve.structured import GrammarCompiler, GrammarState
@@ -34,11 +35,6 @@ from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import warmup_runner
 
 log = logging.getLogger(__name__)
-
-# Adaptive speculation (see _speculate_this_step): weight of the newest verify step in the moving
-# average of accepted tokens, and the decode-step period of probes while that average is too low.
-_ACCEPT_EMA_WEIGHT = 0.25
-_PROBE_EVERY = 8
 
 
 class Engine:
@@ -76,12 +72,9 @@ class Engine:
         # Disaggregated prefill side: called with each sequence whose prompt is done and whose
         # first token is out; the callee copies its pages away and must release them here.
         self.handoff: Callable[[Sequence, IncrementalDetokenizer], None] | None = None
-        self.proposer = self._make_proposer(config)
-        self.spec_proposed = 0
-        self.spec_accepted = 0
-        self.spec_verify_steps = 0             # verify passes run
-        self._accepted_ema: float | None = None  # draft tokens accepted per verified sequence
-        self._probe_wait = 0                   # decode steps left before the next probe
+        proposer = self._make_proposer(config)
+        self.speculation = (SpeculationController(proposer, config.speculative, sched.max_num_seqs,
+                                                  self.max_model_len) if proposer is not None else None)
         self.verify_buckets = verify_buckets
         self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
         self.sampler_times = PackTimes()             # host seconds per sampler stage (grammar masks: metrics)
@@ -175,14 +168,15 @@ class Engine:
         with FinishReason.ERROR and the step goes on for the others. A failure of the model step
         itself is not any one request's: it propagates, and the caller fails everything.
         """
-        lookahead = self._spec_len if self._speculate_this_step() else None
+        lookahead = self.speculation.lookahead(self.scheduler) if self.speculation else None
         plan = self.scheduler.schedule(lookahead)
         deltas: list[SequenceDelta] = []
         work, inputs = self._pack(self._work(plan), deltas)
         if not work:
             return deltas
         sampled, verified = self.runner.step(inputs)
-        self._observe(inputs.batch)
+        if self.speculation:
+            self.speculation.observe(inputs.batch)
         plain = [w for w in inputs.sampled if w.chunk is None]
         for i, w in enumerate(plain):
             if not w.seq.finished:   # a sibling sample of a failed request ended it
@@ -203,9 +197,8 @@ class Engine:
 
     def _work(self, plan) -> list[Work]:
         """The plan's rows: each decode with its proposal (if any), then the prefill chunks."""
-        drafts = [None] * len(plan.decodes)
-        if self.proposer and any(plan.spec_lens):
-            drafts = [d or None for d in self.proposer.propose(plan.decodes, plan.spec_lens)]
+        drafts = (self.speculation.propose(plan.decodes, plan.spec_lens) if self.speculation
+                  else [None] * len(plan.decodes))
         return ([Work(s, draft=d) for s, d in zip(plan.decodes, drafts)]
                 + [Work(c.seq, chunk=c) for c in plan.prefills])
 
@@ -294,52 +287,8 @@ class Engine:
             self.adopt(seq, detok)
         return seq
 
-    def _observe(self, batch) -> None:
-        if self.proposer is not None:
-            self.proposer.observe(batch)
-
-    def _speculate_this_step(self) -> bool:
-        """Whether this step may propose at all; _spec_len then decides per sequence.
-
-        No speculation when more sequences may decode this step than max_batch_for_speculation
-        (a verify pass over a large batch costs more than its accepted tokens save on a CPU). And
-        when the moving average of draft tokens accepted per verified sequence is below
-        min_accepted_tokens, only every _PROBE_EVERY-th decode step proposes: a probe re-measures
-        acceptance, and the average climbing back opens every step again. Deterministic: it
-        depends only on the tokens verified so far.
-        """
-        if self.proposer is None:
-            return False
-        running = self.scheduler.running
-        decoding = [s for s in running if s.status is SeqStatus.RUNNING and s.is_decoding]
-        # Adopted sequences (disaggregated decode side) join the batch during schedule().
-        joining = min(len(self.scheduler.adopted), max(0, self.config.scheduler.max_num_seqs - len(running)))
-        if not decoding and not joining:
-            return False
-        if len(decoding) + joining <= self.config.speculative.max_batch_for_speculation:
-            if self._probe_wait == 0:
-                return True
-            self._probe_wait -= 1
-        for seq in decoding:   # per-sequence back-off counts decode steps, proposing or not
-            if seq.spec_skip > 0:
-                seq.spec_skip -= 1
-        return False
-
-    def _spec_len(self, seq: Sequence) -> int:
-        """Tokens to propose for seq this step (0: decode plainly)."""
-        p = seq.params
-        if (not p.use_speculation or p.logprobs is not None or p.repetition_penalty != 1.0
-                or p.presence_penalty or p.frequency_penalty or seq.grammar is not None):
-            return 0   # these need per-position logprobs, histories or masks the verifier does not track
-        if seq.spec_skip > 0:
-            seq.spec_skip -= 1
-            return 0
-        room = min(p.max_tokens - len(seq.output_ids) - 1, self.max_model_len - seq.num_tokens)
-        k = min(self.config.speculative.num_speculative_tokens, room)
-        return self.proposer.lookahead(seq, k) if k > 0 else 0
-
     def _apply_verify(self, work: list[Work], result) -> list[SequenceDelta]:
-        """Append each verified sequence's accepted tokens; adapt speculation to the acceptance."""
+        """Append each verified sequence's accepted tokens; tell the controller what was accepted."""
         deltas: list[SequenceDelta] = []
         row, step_accepted, num_verified = 0, 0, 0
         for w in work:
@@ -350,26 +299,15 @@ class Engine:
                 continue
             num_verified += 1
             tokens = accepted_tokens(draft, result.accept[rows], result.residual[rows], result.plain[rows])
-            accepted = len(tokens) - 1
-            self.spec_proposed += len(draft)
-            self.spec_accepted += accepted
-            step_accepted += accepted
-            # Back off from sequences whose proposals keep failing, so they cost little.
-            seq.spec_misses = 0 if accepted else seq.spec_misses + 1
-            seq.spec_skip = 0 if accepted else min(1 << seq.spec_misses, 16)
+            self.speculation.record(seq, len(draft), len(tokens) - 1)
+            step_accepted += len(tokens) - 1
             start = seq.num_computed
             deltas += self._isolated(seq, lambda: self._append_tokens(seq, tokens))
             if not seq.finished:
                 self.scheduler.advance(seq, start + len(tokens))
                 self.scheduler.trim(seq)
-        if not num_verified:
-            return deltas
-        self.spec_verify_steps += 1
-        mean = step_accepted / num_verified
-        ema = self._accepted_ema
-        self._accepted_ema = mean if ema is None else ema + _ACCEPT_EMA_WEIGHT * (mean - ema)
-        if self._accepted_ema < self.config.speculative.min_accepted_tokens:
-            self._probe_wait = _PROBE_EVERY - 1
+        if num_verified:
+            self.speculation.end_step(step_accepted, num_verified)
         return deltas
 
     def _append_tokens(self, seq: Sequence, tokens: list[int]) -> list[SequenceDelta]:
@@ -464,11 +402,13 @@ class Engine:
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds,
-            spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted,
+            spec_proposed_tokens=self.speculation.proposed if self.speculation else 0,
+            spec_accepted_tokens=self.speculation.accepted if self.speculation else 0,
             grammar_mask_time_s=self.sampler_times.seconds.get("grammar_mask", 0.0),
             grammar_mask_batches=self.sampler_times.batches.get("grammar_mask", 0))
 
     def warmup(self) -> None:
         warmup_runner(self.runner, self.shapes)
-        if self.proposer is not None and hasattr(self.proposer, "runner"):
-            warmup_runner(self.proposer.runner, self.shapes, model_only=True)
+        proposer = self.speculation.proposer if self.speculation else None
+        if proposer is not None and hasattr(proposer, "runner"):
+            warmup_runner(proposer.runner, self.shapes, model_only=True)
