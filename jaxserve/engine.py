@@ -1,10 +1,12 @@
-"""Engine: add_request / step / abort, tying scheduler, step inputs, runner and detokenizer together.
+"""Engine: add_request / step / abort, tying scheduler, step inputs, runner and outputs together.
 
 engine.step():
-  plan   = scheduler.schedule()              decode slots + prefill chunks (host)
+  lookahead = speculation.lookahead()        whether and how far to propose drafts (spec/controller.py)
+  plan   = scheduler.schedule(lookahead)     decode slots + prefill chunks (host)
   inputs = step_inputs.pack_step(work)       decodes, verifies and chunks in one padded batch (host)
   result = runner.step(inputs)               one model pass, sampling + verification (device), one copy back
-  ...    = self._append(seq, token)          stop checks, detokenize, free pages of finished seqs
+  deltas = outputs.append_sampled(...)       stop checks, detokenize (output_processor.py); finished
+                                             sequences come back through _finished, which frees pages
 Not thread-safe: one thread drives it (AsyncEngine for the server, LLM for the Python API).
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ from jaxserve.config import EngineConfig
 from jaxserve.errors import QueueFull
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions
-from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, SequenceDelta, TokenLogprob
+from jaxserve.output_processor import OutputProcessor, delta
+from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, SequenceDelta
 from jaxserve.runner import ModelRunner
 from jaxserve.sampler import PackTimes
 from jaxserve.sampling_params import SamplingParams, short_repr
@@ -79,11 +82,10 @@ class Engine:
         self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
         self.sampler_times = PackTimes()             # host seconds per sampler stage (grammar masks: metrics)
         self.requests: dict[str, list[Sequence]] = {}
-        self._detok: dict[int, IncrementalDetokenizer] = {}
+        self.outputs = OutputProcessor(tokenizer, self.max_model_len, on_finish=self._finished)
         self._next_seq_id = 0
         self._num_requests = 0
         self.prompt_tokens_total = 0
-        self.generation_tokens_total = 0
 
     def _make_proposer(self, config: EngineConfig):
         spec = config.speculative
@@ -132,8 +134,7 @@ class Engine:
                            metrics=metrics if i == 0 else RequestMetrics(arrival_s=metrics.arrival_s),
                            grammar=grammar.copy() if grammar is not None else None)
             self._next_seq_id += 1
-            self._detok[seq.seq_id] = IncrementalDetokenizer(
-                self.tokenizer, prompt_token_ids, skip_special_tokens=params.skip_special_tokens)
+            self.outputs.open(seq)
             self.scheduler.add(seq)
             seqs.append(seq)
         self.requests[request_id] = seqs
@@ -150,10 +151,8 @@ class Engine:
             if not seq.finished:
                 seq.finish_reason = reason
                 self.scheduler.finish(seq)
-                delta = self._delta(seq, [], "", None)
-                delta.error = error
-                deltas.append(delta)
-            self._detok.pop(seq.seq_id, None)
+                deltas.append(delta(seq, [], "", None, error=error))
+            self.outputs.close(seq)
         return deltas
 
     def has_unfinished_requests(self) -> bool:
@@ -181,7 +180,7 @@ class Engine:
         for i, w in enumerate(plain):
             if not w.seq.finished:   # a sibling sample of a failed request ended it
                 self.scheduler.advance(w.seq, w.seq.num_computed + 1)
-                deltas += self._isolated(w.seq, lambda: [self._append(w.seq, sampled, i)])
+                deltas += self._isolated(w.seq, lambda: [self.outputs.append_sampled(w.seq, sampled, i)])
         if inputs.verified:
             deltas += self._apply_verify(inputs.verified, verified)
         for i, w in enumerate(inputs.sampled[len(plain):], start=len(plain)):
@@ -190,7 +189,7 @@ class Engine:
                 continue
             self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
             if chunk.completes_prompt:
-                deltas += self._isolated(chunk.seq, lambda: [self._append(chunk.seq, sampled, i)])
+                deltas += self._isolated(chunk.seq, lambda: [self.outputs.append_sampled(chunk.seq, sampled, i)])
                 if self.handoff is not None and not chunk.seq.finished:
                     self._hand_off(chunk.seq)
         return deltas
@@ -242,19 +241,19 @@ class Engine:
             seqs.remove(seq)
         if not seqs:
             self.requests.pop(seq.request_id, None)
-        self.handoff(seq, self._detok.pop(seq.seq_id))
+        self.handoff(seq, self.outputs.close(seq))
 
     def adopt(self, seq: Sequence, detokenizer: IncrementalDetokenizer) -> None:
         """Continue a sequence prefilled elsewhere: seq.pages already hold its K/V in our pools."""
         self.requests.setdefault(seq.request_id, []).append(seq)
-        self._detok[seq.seq_id] = detokenizer
+        self.outputs.resume(seq, detokenizer)
         self.scheduler.adopt(seq)
 
     def adopt_for_recompute(self, seq: Sequence, detokenizer: IncrementalDetokenizer) -> None:
         """Continue a sequence whose K/V could not be taken in: it is prefilled again here."""
         seq.pages, seq.num_computed, seq.num_published = [], 0, 0
         self.requests.setdefault(seq.request_id, []).append(seq)
-        self._detok[seq.seq_id] = detokenizer
+        self.outputs.resume(seq, detokenizer)
         self.scheduler.add(seq)
 
     def import_sequence(self, request_id: str, index: int, prompt_ids: list[int], output_ids: list[int],
@@ -275,10 +274,7 @@ class Engine:
                        metrics=RequestMetrics(arrival_s=time.perf_counter()), output_ids=list(output_ids),
                        grammar=grammar)
         self._next_seq_id += 1
-        detok = IncrementalDetokenizer(self.tokenizer, prompt_ids,
-                                       skip_special_tokens=params.skip_special_tokens)
-        for token in output_ids:
-            self._apply_stop_strings(seq, detok.push([token]), final=False)
+        detok = self.outputs.replay(seq)
         if pages is None:
             self.prompt_tokens_total += len(prompt_ids)
             self.adopt_for_recompute(seq, detok)
@@ -302,7 +298,7 @@ class Engine:
             self.speculation.record(seq, len(draft), len(tokens) - 1)
             step_accepted += len(tokens) - 1
             start = seq.num_computed
-            deltas += self._isolated(seq, lambda: self._append_tokens(seq, tokens))
+            deltas += self._isolated(seq, lambda: self.outputs.append_tokens(seq, tokens))
             if not seq.finished:
                 self.scheduler.advance(seq, start + len(tokens))
                 self.scheduler.trim(seq)
@@ -310,86 +306,12 @@ class Engine:
             self.speculation.end_step(step_accepted, num_verified)
         return deltas
 
-    def _append_tokens(self, seq: Sequence, tokens: list[int]) -> list[SequenceDelta]:
-        deltas = []
-        for t in tokens:
-            deltas.append(self._append_token(seq, t, None))
-            if seq.finished:
-                break
-        return deltas
-
-    def _append(self, seq: Sequence, result, row: int) -> SequenceDelta:
-        token = int(result.tokens[row])
-        logprobs = None
-        if seq.params.logprobs is not None:
-            k = seq.params.logprobs
-            top = [(int(t), float(lp)) for t, lp in zip(result.top_ids[row][:k], result.top_logprobs[row][:k])]
-            logprobs = [TokenLogprob(token, float(result.logprobs[row]), top)]
-        return self._append_token(seq, token, logprobs)
-
-    def _append_token(self, seq: Sequence, token: int, logprobs: list[TokenLogprob] | None
-                      ) -> SequenceDelta:
-        now = time.perf_counter()
-        if seq.metrics.first_token_s is None:
-            seq.metrics.first_token_s = now
-        seq.metrics.token_times_s.append(now)
-        seq.output_ids.append(token)
-        self.generation_tokens_total += 1
-        if logprobs:
-            seq.output_logprobs.extend(logprobs)
-
-        p = seq.params
-        reason = None
-        # The grammar consumes every token (EOS too); when nothing may follow, the output is done.
-        grammar_done = seq.grammar.advance(token) if seq.grammar is not None else False
-        if (token in p.stop_token_ids or (not p.ignore_eos and token in self.tokenizer.eos_token_ids)
-                or grammar_done):
-            reason = FinishReason.STOP
-        elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-            reason = FinishReason.LENGTH
-        text = self._detok[seq.seq_id].push([token])
-        if reason is not None:
-            text += self._detok[seq.seq_id].flush()
-        text, stopped = self._apply_stop_strings(seq, text, final=reason is not None)
-        if stopped:
-            reason = FinishReason.STOP
-        if reason is not None:
-            self._finish(seq, reason)
-        return self._delta(seq, [token], text, logprobs)
-
-    def _apply_stop_strings(self, seq: Sequence, new_text: str, final: bool) -> tuple[str, bool]:
-        """Trim at the first stop string; hold back a tail that could still start one."""
-        stops = seq.params.stop
-        full = seq.text + seq.held_text + new_text if stops else seq.text + new_text
-        if not stops:
-            seq.text = full
-            return new_text, False
-        start = max(0, len(seq.text) - max(len(s) for s in stops))
-        hits = [i for i in (full.find(s, start) for s in stops) if i >= 0]
-        if hits:
-            cut = min(hits)
-            out = full[len(seq.text):cut]
-            seq.text, seq.held_text = full[:cut], ""
-            return out, True
-        hold = 0 if final else max(len(s) for s in stops) - 1
-        emit_to = max(len(seq.text), len(full) - hold)
-        out = full[len(seq.text):emit_to]
-        seq.text, seq.held_text = full[:emit_to], full[emit_to:]
-        return out, False
-
-    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
-        seq.finish_reason = reason
-        seq.metrics.finished_s = time.perf_counter()
+    def _finished(self, seq: Sequence) -> None:
+        """The output processor found seq done: free its pages, and its request once all n are."""
         self.scheduler.finish(seq)
-        self._detok.pop(seq.seq_id, None)
         seqs = self.requests.get(seq.request_id, [])
         if all(s.finished for s in seqs):
             self.requests.pop(seq.request_id, None)
-
-    def _delta(self, seq: Sequence, tokens, text, logprobs) -> SequenceDelta:
-        return SequenceDelta(request_id=seq.request_id, index=seq.index, token_ids=tokens, text=text,
-                             logprobs=logprobs, finish_reason=seq.finish_reason,
-                             num_prompt_tokens=len(seq.prompt_ids))
 
     # ---------------------------------------------------------------------------- reporting
     def stats(self) -> EngineStats:
@@ -400,7 +322,7 @@ class Engine:
             prefix_cache_queries=alloc.prefix_queries, prefix_cache_hits=alloc.prefix_hits,
             num_preemptions=self.scheduler.num_preemptions,
             prompt_tokens_total=self.prompt_tokens_total,
-            generation_tokens_total=self.generation_tokens_total,
+            generation_tokens_total=self.outputs.generation_tokens_total,
             compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds,
             spec_proposed_tokens=self.speculation.proposed if self.speculation else 0,
             spec_accepted_tokens=self.speculation.accepted if self.speculation else 0,

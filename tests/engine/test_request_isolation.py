@@ -62,14 +62,14 @@ def test_a_request_whose_detokenization_raises_fails_alone(tiny, prompts, monkey
     alone = {rid: _tokens(d) for rid, d in _run(tiny.engine, {k: v for k, v in prompts.items()
                                                             if k != "bad"}).items()}
     engine = tiny.engine
-    real_append = engine._append_token
+    real_append = engine.outputs.append
 
     def append(seq, token, logprobs):
         if seq.request_id == "bad" and len(seq.output_ids) == 2:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
         return real_append(seq, token, logprobs)
 
-    monkeypatch.setattr(engine, "_append_token", append)
+    monkeypatch.setattr(engine.outputs, "append", append)
     out = _run(engine, prompts)
     assert out["bad"][-1].finish_reason is FinishReason.ERROR
     assert len(_tokens(out["bad"])) == 2
