@@ -88,12 +88,8 @@ def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_le
     fn = _kernel_module("ragged_prefill", chosen).ragged_prefill_attention
     kwargs = dict(max_q_len=max_q_len, scale=scale, soft_cap=soft_cap,
                   sliding_window=sliding_window, k_scales=k_scales, v_scales=v_scales)
-    if chosen == "xla":
-        kwargs.update(k_new=k_new, v_new=v_new)
-    if chosen not in ("reference", "xla"):
-        kwargs["interpret"] = interpret
-        k_pages, v_pages = bf16_view(k_pages), bf16_view(v_pages)
-    return fn(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, **kwargs)
+    return _call_ragged(fn, chosen, q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, kwargs,
+                        k_new, v_new, interpret)
 
 
 def ragged_paged_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, *,
@@ -122,6 +118,14 @@ def ragged_paged_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens
     kwargs = dict(num_short_seqs=num_short_seqs, short_q_len=short_q_len, max_q_len=max_q_len,
                   scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
                   k_scales=k_scales, v_scales=v_scales)
+    return _call_ragged(fn, chosen, q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, kwargs,
+                        k_new, v_new, interpret)
+
+
+def _call_ragged(fn, chosen: str, q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, kwargs: dict,
+                 k_new, v_new, interpret: bool):
+    """The backend-specific extras of the two ragged entry points: only xla reads the step's own
+    K/V, only the Pallas kernels take `interpret` and bf16 pages (as their uint16 bits' view)."""
     if chosen == "xla":
         kwargs.update(k_new=k_new, v_new=v_new)
     if chosen not in ("reference", "xla"):

@@ -47,3 +47,29 @@ def two_calls(decode: Callable, prefill: Callable, q, block_tables, cu_q_lens, k
     out = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(q), long.astype(q.dtype), start, 0)
     row = jnp.arange(short_rows)[:, None, None]
     return out.at[:short_rows].set(jnp.where(row < start, short.astype(q.dtype), out[:short_rows]))
+
+
+def pallas_two_calls(decode_impl, prefill_impl) -> Callable:
+    """ragged_paged_attention on one Pallas backend's modules (triton or mosaic): its paged decode
+    kernel for one-query rows and its ragged prefill kernel for the rest, with `interpret`."""
+    def ragged_paged_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, *,
+                               num_short_seqs: int, short_q_len: int, max_q_len: int, scale=None,
+                               soft_cap=None, sliding_window=None, k_scales=None, v_scales=None,
+                               interpret: bool = False):
+        """q: [T, H, D]; block_tables: i32[N, M]; cu_q_lens: i32[N+1]; kv_lens: i32[N]. -> [T, H, D].
+
+        interpret: run the Pallas kernels in interpret mode (any platform; slow, for tests).
+        """
+        options = dict(scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
+                       k_scales=k_scales, v_scales=v_scales, interpret=interpret)
+
+        def decode(q, tables, lengths):
+            return decode_impl.paged_decode_attention(q, k_pages, v_pages, tables, lengths, **options)
+
+        def prefill(q, tables, cu, lens, window, k_new, v_new):
+            return prefill_impl.ragged_prefill_attention(q, k_pages, v_pages, tables, cu, lens,
+                                                         max_q_len=window, **options)
+
+        return two_calls(decode, prefill, q, block_tables, cu_q_lens, kv_lens,
+                         num_short_seqs=num_short_seqs, short_q_len=short_q_len, max_q_len=max_q_len)
+    return ragged_paged_attention
