@@ -37,27 +37,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from jaxserve.errors import QueueFull, RequestFailedError
+from jaxserve.admission import check_request
+from jaxserve.errors import (EngineDeadError, EngineNotReadyError, EngineOverloadedError, QueueFull,
+                             RequestFailedError)
+from jaxserve.interfaces import StepEngine
 from jaxserve.outputs import EngineStats, SequenceDelta
 from jaxserve.sampling_params import SamplingParams, short_repr
 
 logger = logging.getLogger(__name__)
-
-
-class EngineDeadError(RuntimeError):
-    """The engine thread has failed; no request can be served any more."""
-
-
-class EngineNotReadyError(RuntimeError):
-    """The engine is still warming up, or is shutting down."""
-
-
-class EngineOverloadedError(RuntimeError):
-    """The waiting queue is full (scheduler.max_waiting); the client should retry later."""
-
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -92,22 +79,19 @@ class AsyncEngine:
     """Runs `engine.step()` in one background thread and streams deltas to asyncio callers.
 
     Args:
-        engine: an object with the Engine interface (add_request, abort_request, step,
-            has_unfinished_requests, stats, warmup, config, tokenizer, model_name).
+        engine: any StepEngine (jaxserve.interfaces).
         max_waiting: requests allowed to wait for a slot before new ones are refused;
             None: engine.config.scheduler.max_waiting.
     """
 
-    def __init__(self, engine: Any, max_waiting: int | None = None):
+    def __init__(self, engine: StepEngine, max_waiting: int | None = None):
         self.engine = engine
         self.config = engine.config
         self.tokenizer = engine.tokenizer
         self.model_name: str = engine.model_name
-        # The engine may cap the configured length by the model's positions.
-        self.max_model_len: int = getattr(engine, "max_model_len", engine.config.model.max_model_len)
+        self.max_model_len: int = engine.max_model_len
         self.max_waiting = max_waiting if max_waiting is not None else engine.config.scheduler.max_waiting
-        # Structured outputs: the engine's grammar compiler (thread-safe), or None if it has none.
-        self.grammars = getattr(engine, "grammars", None)
+        self.grammars = engine.grammars
         self.warmup_time_s: float | None = None
         self.error: BaseException | None = None
 
@@ -183,18 +167,9 @@ class AsyncEngine:
             raise EngineNotReadyError("server is shutting down")
         if not self._ready.is_set():
             raise EngineNotReadyError("engine is warming up")
-        params.validate()
-        max_num_seqs = self.config.scheduler.max_num_seqs
-        if params.n > max_num_seqs:  # its n sequences could never run together
-            raise ValueError(f"n must be <= scheduler.max_num_seqs ({max_num_seqs}), got {params.n}")
-        if not prompt_token_ids:
-            raise ValueError("prompt must not be empty, got 0 tokens")
-        if len(prompt_token_ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(prompt_token_ids)} tokens, longer than "
-                             f"model.max_model_len {self.max_model_len} allows (with >= 1 new token)")
-        validate = getattr(self.engine, "validate_request", None)
-        if validate is not None:  # reads only fixed engine facts (vocab, cache size): safe here
-            validate(prompt_token_ids, params)
+        check_request(prompt_token_ids, params, max_model_len=self.max_model_len,
+                      max_num_seqs=self.config.scheduler.max_num_seqs)
+        self.engine.validate_request(prompt_token_ids, params)   # fixed facts only: thread-safe
         waiting = self._stats.num_waiting + self._pending_adds
         if waiting >= self.max_waiting:
             raise EngineOverloadedError(

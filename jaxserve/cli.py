@@ -183,12 +183,13 @@ def _engine_app(args: argparse.Namespace, config: EngineConfig, start_time_s: fl
     """The whole engine (role single), or one side of disaggregated serving (prefill, decode)."""
     from jaxserve.async_engine import AsyncEngine
     from jaxserve.engine import Engine
+    from jaxserve.engine_factory import make_engine
 
     t0 = time.monotonic()
     if args.role == "single":
         from jaxserve.server import create_app
 
-        engine = Engine.from_config(config)
+        engine = make_engine(config)
         logger.info("loaded %s in %.1f s", engine.model_name, time.monotonic() - t0)
         async_engine = AsyncEngine(engine)
         return async_engine, create_app(async_engine, config, start_time_s=start_time_s)
@@ -200,17 +201,17 @@ def _engine_app(args: argparse.Namespace, config: EngineConfig, start_time_s: fl
     logger.info("loaded %s in %.1f s (%s worker)", name, time.monotonic() - t0, args.role)
     host, port = config.server.host, config.server.port
     if args.role == "prefill":
-        from jaxserve.disagg.prefill_worker import PrefillEngine, create_prefill_app
+        from jaxserve.disagg.prefill_worker import PrefillWorker, create_prefill_app
         from jaxserve.disagg.remote_transfer import KVStager
 
         stager = KVStager(host, args.kv_ticket_timeout, release_url=f"http://{host}:{port}/release")
-        worker = PrefillEngine(engine, stager)
+        worker = PrefillWorker(engine, stager)
         async_engine = AsyncEngine(worker)
         return async_engine, create_prefill_app(async_engine, worker, config.server.warmup)
-    from jaxserve.disagg.decode_worker import DecodeEngine, create_decode_app
+    from jaxserve.disagg.decode_worker import DecodeWorker, create_decode_app
     from jaxserve.disagg.remote_transfer import KVPuller
 
-    worker = DecodeEngine(engine, KVPuller(engine.runner.kv.k.sharding, host))
+    worker = DecodeWorker(engine, KVPuller(engine.runner.kv.k.sharding, host))
     async_engine = AsyncEngine(worker)
     return async_engine, create_decode_app(async_engine, worker, config.server.warmup,
                                            pull_timeout_s=args.kv_ticket_timeout)
@@ -227,11 +228,11 @@ def router_worker_urls(args: argparse.Namespace, config: EngineConfig) -> tuple[
 
 
 def _router_app(args: argparse.Namespace, config: EngineConfig, start_time_s: float) -> tuple[Any, Any]:
-    from jaxserve.disagg.router import RouterEngine, create_router_app, load_tokenizer
+    from jaxserve.disagg.router import Router, create_router_app, load_tokenizer
 
     prefill_urls, decode_urls = router_worker_urls(args, config)
     tokenizer, name = load_tokenizer(config)
-    router = RouterEngine(config, tokenizer, name, prefill_urls, decode_urls)
+    router = Router(config, tokenizer, name, prefill_urls, decode_urls)
     return router, create_router_app(router, config, start_time_s=start_time_s)
 
 

@@ -1,10 +1,12 @@
-"""Engine: add_request / step / abort, tying scheduler, step inputs, runner and detokenizer together.
+"""Engine: add_request / step / abort, tying scheduler, step inputs, runner and outputs together.
 
 engine.step():
-  plan   = scheduler.schedule()              decode slots + prefill chunks (host)
-  batch  = step_inputs.build_*(plan)         padded numpy arrays (host)
-  result = runner.run(batch, sampling)       model -> attention -> sampling (device), one copy back
-  ...    = self._append(seq, token)          stop checks, detokenize, free pages of finished seqs
+  lookahead = speculation.lookahead()        whether and how far to propose drafts (spec/controller.py)
+  plan   = scheduler.schedule(lookahead)     decode slots + prefill chunks (host)
+  inputs = step_inputs.pack_step(work)       decodes, verifies and chunks in one padded batch (host)
+  result = runner.step(inputs)               one model pass, sampling + verification (device), one copy back
+  deltas = outputs.append_sampled(...)       stop checks, detokenize (output_processor.py); finished
+                                             sequences come back through _finished, which frees pages
 Not thread-safe: one thread drives it (AsyncEngine for the server, LLM for the Python API).
 """
 from __future__ import annotations
@@ -15,29 +17,27 @@ from typing import Callable
 
 import jax.numpy as jnp
 
+from jaxserve.admission import check_request
 from jaxserve.config import EngineConfig
 from jaxserve.errors import QueueFull
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions
-from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, SequenceDelta, TokenLogprob
+from jaxserve.output_processor import OutputProcessor, delta
+from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, SequenceDelta
 from jaxserve.runner import ModelRunner
+from jaxserve.sampler import PackTimes
 from jaxserve.sampling_params import SamplingParams, short_repr
 from jaxserve.scheduler import Scheduler
 from jaxserve.seeds import fold_seed, request_seed, sample_seed
-from jaxserve.sequence import SeqStatus, Sequence
+from jaxserve.sequence import Sequence
+from jaxserve.spec.controller import SpeculationController
 from jaxserve.spec.verify import accepted_tokens
+from jaxserve.step_inputs import Shapes, StepInputs, Work, bucket, pack_step
 from jaxserve.structured import GrammarCompiler, GrammarState
-from jaxserve.sampler import PackTimes, build_sampling
-from jaxserve.step_inputs import Shapes, bucket, build_decode, build_prefill, build_verify, verify_rows
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import warmup_runner
 
 log = logging.getLogger(__name__)
-
-# Adaptive speculation (see _speculate_this_step): weight of the newest verify step in the moving
-# average of accepted tokens, and the decode-step period of probes while that average is too low.
-_ACCEPT_EMA_WEIGHT = 0.25
-_PROBE_EVERY = 8
 
 
 class Engine:
@@ -54,11 +54,18 @@ class Engine:
         # that copies the whole pools every layer (seconds per step with thousands of pages);
         # a single sequence is padded to two rows instead.
         decode_buckets = tuple(b for b in sched.decode_buckets if b >= 2) or (2,)
+        spec_tokens = config.speculative.num_speculative_tokens if config.speculative.method != "none" else 0
+        # Verify batches hold at most min(max_batch_for_speculation, max_num_seqs) sequences:
+        # only their buckets can occur, so only those are warmed up.
+        most = min(config.speculative.max_batch_for_speculation, sched.max_num_seqs)
+        verify_buckets = tuple(sorted({bucket(n, decode_buckets) for n in range(1, most + 1)})
+                               ) if spec_tokens else ()
         self.shapes = Shapes(
             page_size=cache.page_size, max_pages_per_seq=-(-self.max_model_len // cache.page_size),
             decode_buckets=decode_buckets, prefill_buckets=tuple(sched.prefill_buckets),
             max_prefill_seqs=max_prefill_seqs, history_len=self.max_model_len,
-            spec_tokens=config.speculative.num_speculative_tokens if config.speculative.method != "none" else 0)
+            spec_tokens=spec_tokens, verify_buckets=verify_buckets,
+            mixed_decode_slots=bucket(sched.max_num_seqs, decode_buckets))
         self.scheduler = Scheduler(sched, cache, max_prefill_seqs)
         self.runner = ModelRunner(arch, params, cache.num_pages, cache.page_size,
                                   jnp.dtype(config.model.dtype),
@@ -68,35 +75,17 @@ class Engine:
         # Disaggregated prefill side: called with each sequence whose prompt is done and whose
         # first token is out; the callee copies its pages away and must release them here.
         self.handoff: Callable[[Sequence, IncrementalDetokenizer], None] | None = None
-        self.proposer = self._make_proposer(config)
-        self.spec_proposed = 0
-        self.spec_accepted = 0
-        self.spec_verify_steps = 0             # verify passes run
-        self._accepted_ema: float | None = None  # draft tokens accepted per verified sequence
-        self._probe_wait = 0                   # decode steps left before the next probe
-        # Verify batches hold at most min(max_batch_for_speculation, max_num_seqs) sequences:
-        # only their buckets can occur, so only those are warmed up.
-        most = min(config.speculative.max_batch_for_speculation, sched.max_num_seqs)
-        self.verify_buckets = tuple(sorted({bucket(n, decode_buckets) for n in range(1, most + 1)})
-                                    ) if self.shapes.spec_tokens else ()
+        proposer = self._make_proposer(config)
+        self.speculation = (SpeculationController(proposer, config.speculative, sched.max_num_seqs,
+                                                  self.max_model_len) if proposer is not None else None)
+        self.verify_buckets = verify_buckets
         self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
         self.sampler_times = PackTimes()             # host seconds per sampler stage (grammar masks: metrics)
         self.requests: dict[str, list[Sequence]] = {}
-        self._detok: dict[int, IncrementalDetokenizer] = {}
+        self.outputs = OutputProcessor(tokenizer, self.max_model_len, on_finish=self._finished)
         self._next_seq_id = 0
         self._num_requests = 0
         self.prompt_tokens_total = 0
-        self.generation_tokens_total = 0
-
-    @classmethod
-    def from_config(cls, config: EngineConfig):
-        """An Engine, or a DisaggregatedEngine (same interface) when disagg.mode says so."""
-        from jaxserve.loading import load_model
-        arch, params, tokenizer, name = load_model(config)
-        if config.disagg.mode == "disaggregated":
-            from jaxserve.disagg.engine import DisaggregatedEngine
-            return DisaggregatedEngine(config, arch, params, tokenizer, name)
-        return cls(config, arch, params, tokenizer, name)
 
     def _make_proposer(self, config: EngineConfig):
         spec = config.speculative
@@ -115,19 +104,9 @@ class Engine:
     # ------------------------------------------------------------------------------ requests
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError naming the field if the request can never be served."""
-        params.validate()
-        if not prompt_token_ids:
-            raise ValueError("prompt must not be empty")
-        if any(not isinstance(t, int) or not 0 <= t < self.arch.vocab_size for t in prompt_token_ids):
-            raise ValueError(f"prompt holds token ids outside the vocabulary [0, {self.arch.vocab_size})")
-        n = len(prompt_token_ids)
-        if n >= self.max_model_len:
-            raise ValueError(f"prompt has {n} tokens; model.max_model_len is {self.max_model_len}, "
-                             f"which must leave room for at least one output token")
-        capacity = self.scheduler.allocator.num_usable * self.config.cache.page_size
-        if n + 1 > capacity:
-            raise ValueError(f"prompt has {n} tokens but the KV cache holds only {capacity} "
-                             f"(cache.num_pages x cache.page_size)")
+        check_request(prompt_token_ids, params, max_model_len=self.max_model_len,
+                      vocab_size=self.arch.vocab_size,
+                      kv_capacity_tokens=self.scheduler.allocator.num_usable * self.config.cache.page_size)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                     prompt: str | None = None) -> None:
@@ -155,8 +134,7 @@ class Engine:
                            metrics=metrics if i == 0 else RequestMetrics(arrival_s=metrics.arrival_s),
                            grammar=grammar.copy() if grammar is not None else None)
             self._next_seq_id += 1
-            self._detok[seq.seq_id] = IncrementalDetokenizer(
-                self.tokenizer, prompt_token_ids, skip_special_tokens=params.skip_special_tokens)
+            self.outputs.open(seq)
             self.scheduler.add(seq)
             seqs.append(seq)
         self.requests[request_id] = seqs
@@ -173,10 +151,8 @@ class Engine:
             if not seq.finished:
                 seq.finish_reason = reason
                 self.scheduler.finish(seq)
-                delta = self._delta(seq, [], "", None)
-                delta.error = error
-                deltas.append(delta)
-            self._detok.pop(seq.seq_id, None)
+                deltas.append(delta(seq, [], "", None, error=error))
+            self.outputs.close(seq)
         return deltas
 
     def has_unfinished_requests(self) -> bool:
@@ -184,79 +160,65 @@ class Engine:
 
     # ---------------------------------------------------------------------------------- step
     def step(self) -> list[SequenceDelta]:
-        """One scheduling step: plain decodes, verify passes, then prefill chunks.
+        """One scheduling step: plain decodes, verifies and prefill chunks in one model pass.
 
         Host work that depends on one request's own values (packing its row, appending and
         detokenizing its token, its stop strings) is isolated: if it raises, that request ends
         with FinishReason.ERROR and the step goes on for the others. A failure of the model step
         itself is not any one request's: it propagates, and the caller fails everything.
         """
-        lookahead = self._spec_len if self._speculate_this_step() else None
+        lookahead = self.speculation.lookahead(self.scheduler) if self.speculation else None
         plan = self.scheduler.schedule(lookahead)
         deltas: list[SequenceDelta] = []
-        plain, spec, drafts = plan.decodes, [], []
-        if self.proposer and any(plan.spec_lens):
-            proposals = self.proposer.propose(plan.decodes, plan.spec_lens)
-            plain = [s for s, d in zip(plan.decodes, proposals) if not d]
-            spec = [s for s, d in zip(plan.decodes, proposals) if d]
-            drafts = [d for d in proposals if d]
-        if plain:
-            plain, packed = self._pack(plain, self._decode_inputs, deltas)
-            if plain:
-                batch, arrays = packed
-                result = self.runner.run(batch, arrays)
-                self._observe(batch)
-                for i, seq in enumerate(plain):
-                    if not seq.finished:   # a sibling sample of a failed request ended it
-                        self.scheduler.advance(seq, seq.num_computed + 1)
-                        deltas += self._isolated(seq, lambda: [self._append(seq, result, i)])
-        if spec:
-            deltas += self._verify(spec, drafts)
-        chunks = [c for c in plan.prefills if not c.seq.finished]
-        if chunks:
-            chunks, packed = self._pack(chunks, self._prefill_inputs, deltas, seq_of=lambda c: c.seq)
-            if chunks:
-                batch, arrays = packed
-                result = self.runner.run(batch, arrays)
-                self._observe(batch)
-                for i, chunk in enumerate(chunks):
-                    if chunk.seq.finished:
-                        continue
-                    self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
-                    if chunk.completes_prompt:
-                        deltas += self._isolated(chunk.seq, lambda: [self._append(chunk.seq, result, i)])
-                        if self.handoff is not None and not chunk.seq.finished:
-                            self._hand_off(chunk.seq)
+        work, inputs = self._pack(self._work(plan), deltas)
+        if not work:
+            return deltas
+        sampled, verified = self.runner.step(inputs)
+        if self.speculation:
+            self.speculation.observe(inputs.batch)
+        plain = [w for w in inputs.sampled if w.chunk is None]
+        for i, w in enumerate(plain):
+            if not w.seq.finished:   # a sibling sample of a failed request ended it
+                self.scheduler.advance(w.seq, w.seq.num_computed + 1)
+                deltas += self._isolated(w.seq, lambda: [self.outputs.append_sampled(w.seq, sampled, i)])
+        if inputs.verified:
+            deltas += self._apply_verify(inputs.verified, verified)
+        for i, w in enumerate(inputs.sampled[len(plain):], start=len(plain)):
+            chunk = w.chunk
+            if chunk.seq.finished:
+                continue
+            self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
+            if chunk.completes_prompt:
+                deltas += self._isolated(chunk.seq, lambda: [self.outputs.append_sampled(chunk.seq, sampled, i)])
+                if self.handoff is not None and not chunk.seq.finished:
+                    self._hand_off(chunk.seq)
         return deltas
 
-    def _decode_inputs(self, seqs: list[Sequence]):
-        batch = build_decode(seqs, self.shapes)
-        return batch, build_sampling(seqs, len(batch.kv_lens), self.shapes, times=self.sampler_times)
+    def _work(self, plan) -> list[Work]:
+        """The plan's rows: each decode with its proposal (if any), then the prefill chunks."""
+        drafts = (self.speculation.propose(plan.decodes, plan.spec_lens) if self.speculation
+                  else [None] * len(plan.decodes))
+        return ([Work(s, draft=d) for s, d in zip(plan.decodes, drafts)]
+                + [Work(c.seq, chunk=c) for c in plan.prefills])
 
-    def _prefill_inputs(self, chunks):
-        batch = build_prefill(chunks, self.shapes)
-        return batch, build_sampling([c.seq for c in chunks], len(batch.kv_lens), self.shapes,
-                                     times=self.sampler_times)
+    def _pack(self, work: list[Work], deltas: list[SequenceDelta]) -> tuple[list[Work], StepInputs | None]:
+        """pack_step(work); rows whose own values make packing raise fail alone.
 
-    def _pack(self, items: list, build: Callable, deltas: list[SequenceDelta],
-              seq_of: Callable = lambda s: s) -> tuple[list, object]:
-        """build(items) -> step inputs; items whose own values make packing raise fail alone.
-
-        Returns the items kept (possibly none) and build's result for them.
+        Returns the rows kept (possibly none) and the step inputs for them.
         """
         try:
-            return items, build(items)
-        except Exception:  # noqa: BLE001 - find the culprit(s) by packing each item alone
+            return work, pack_step(work, self.shapes, times=self.sampler_times)
+        except Exception:  # noqa: BLE001 - find the culprit(s) by packing each row alone
             kept = []
-            for item in items:
+            for w in work:
                 try:
-                    build([item])
+                    pack_step([w], self.shapes)   # untimed: a probe, not a step's packing
                 except Exception as e:  # noqa: BLE001
-                    deltas += self.fail_request(seq_of(item).request_id, e)
+                    deltas += self.fail_request(w.seq.request_id, e)
                 else:
-                    kept.append(item)
-            kept = [item for item in kept if not seq_of(item).finished]
-            return kept, build(kept) if kept else None
+                    kept.append(w)
+            kept = [w for w in kept if not w.seq.finished]
+            return kept, pack_step(kept, self.shapes, times=self.sampler_times) if kept else None
 
     def _isolated(self, seq: Sequence, work: Callable[[], list[SequenceDelta]]) -> list[SequenceDelta]:
         """Run one sequence's host work; if it raises, only its request fails."""
@@ -279,19 +241,19 @@ class Engine:
             seqs.remove(seq)
         if not seqs:
             self.requests.pop(seq.request_id, None)
-        self.handoff(seq, self._detok.pop(seq.seq_id))
+        self.handoff(seq, self.outputs.close(seq))
 
     def adopt(self, seq: Sequence, detokenizer: IncrementalDetokenizer) -> None:
         """Continue a sequence prefilled elsewhere: seq.pages already hold its K/V in our pools."""
         self.requests.setdefault(seq.request_id, []).append(seq)
-        self._detok[seq.seq_id] = detokenizer
+        self.outputs.resume(seq, detokenizer)
         self.scheduler.adopt(seq)
 
     def adopt_for_recompute(self, seq: Sequence, detokenizer: IncrementalDetokenizer) -> None:
         """Continue a sequence whose K/V could not be taken in: it is prefilled again here."""
         seq.pages, seq.num_computed, seq.num_published = [], 0, 0
         self.requests.setdefault(seq.request_id, []).append(seq)
-        self._detok[seq.seq_id] = detokenizer
+        self.outputs.resume(seq, detokenizer)
         self.scheduler.add(seq)
 
     def import_sequence(self, request_id: str, index: int, prompt_ids: list[int], output_ids: list[int],
@@ -312,10 +274,7 @@ class Engine:
                        metrics=RequestMetrics(arrival_s=time.perf_counter()), output_ids=list(output_ids),
                        grammar=grammar)
         self._next_seq_id += 1
-        detok = IncrementalDetokenizer(self.tokenizer, prompt_ids,
-                                       skip_special_tokens=params.skip_special_tokens)
-        for token in output_ids:
-            self._apply_stop_strings(seq, detok.push([token]), final=False)
+        detok = self.outputs.replay(seq)
         if pages is None:
             self.prompt_tokens_total += len(prompt_ids)
             self.adopt_for_recompute(seq, detok)
@@ -324,174 +283,35 @@ class Engine:
             self.adopt(seq, detok)
         return seq
 
-    def _observe(self, batch) -> None:
-        if self.proposer is not None:
-            self.proposer.observe(batch)
-
-    def _speculate_this_step(self) -> bool:
-        """Whether this step may propose at all; _spec_len then decides per sequence.
-
-        No speculation when more sequences may decode this step than max_batch_for_speculation
-        (a verify pass over a large batch costs more than its accepted tokens save on a CPU). And
-        when the moving average of draft tokens accepted per verified sequence is below
-        min_accepted_tokens, only every _PROBE_EVERY-th decode step proposes: a probe re-measures
-        acceptance, and the average climbing back opens every step again. Deterministic: it
-        depends only on the tokens verified so far.
-        """
-        if self.proposer is None:
-            return False
-        running = self.scheduler.running
-        decoding = [s for s in running if s.status is SeqStatus.RUNNING and s.is_decoding]
-        # Adopted sequences (disaggregated decode side) join the batch during schedule().
-        joining = min(len(self.scheduler.adopted), max(0, self.config.scheduler.max_num_seqs - len(running)))
-        if not decoding and not joining:
-            return False
-        if len(decoding) + joining <= self.config.speculative.max_batch_for_speculation:
-            if self._probe_wait == 0:
-                return True
-            self._probe_wait -= 1
-        for seq in decoding:   # per-sequence back-off counts decode steps, proposing or not
-            if seq.spec_skip > 0:
-                seq.spec_skip -= 1
-        return False
-
-    def _spec_len(self, seq: Sequence) -> int:
-        """Tokens to propose for seq this step (0: decode plainly)."""
-        p = seq.params
-        if (not p.use_speculation or p.logprobs is not None or p.repetition_penalty != 1.0
-                or p.presence_penalty or p.frequency_penalty or seq.grammar is not None):
-            return 0   # these need per-position logprobs, histories or masks the verifier does not track
-        if seq.spec_skip > 0:
-            seq.spec_skip -= 1
-            return 0
-        room = min(p.max_tokens - len(seq.output_ids) - 1, self.max_model_len - seq.num_tokens)
-        k = min(self.config.speculative.num_speculative_tokens, room)
-        return self.proposer.lookahead(seq, k) if k > 0 else 0
-
-    def _verify_inputs(self, pairs: list[tuple[Sequence, list[int]]]):
-        seqs, drafts = [s for s, _ in pairs], [d for _, d in pairs]
-        batch = build_verify(seqs, drafts, self.shapes)
-        rows = len(batch.tokens)
-        row_seqs, offsets, judged = verify_rows(seqs, drafts, rows)
-        return batch, build_sampling(row_seqs, rows, self.shapes, step_offsets=offsets,
-                                     times=self.sampler_times), judged
-
-    def _verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[SequenceDelta]:
+    def _apply_verify(self, work: list[Work], result) -> list[SequenceDelta]:
+        """Append each verified sequence's accepted tokens; tell the controller what was accepted."""
         deltas: list[SequenceDelta] = []
-        pairs = [(s, d) for s, d in zip(seqs, drafts) if not s.finished]
-        pairs, packed = self._pack(pairs, self._verify_inputs, deltas, seq_of=lambda p: p[0])
-        if not pairs:
-            return deltas
-        seqs, drafts = [s for s, _ in pairs], [d for _, d in pairs]
-        batch, arrays, judged = packed
-        result = self.runner.run_verify(batch, arrays, judged)
-        self._observe(batch)
-        row, step_accepted = 0, 0
-        for seq, draft in zip(seqs, drafts):
-            n = len(draft) + 1
-            tokens = accepted_tokens(draft, result.accept[row:row + n], result.residual[row:row + n],
-                                     result.plain[row:row + n])
-            row += n
-            accepted = len(tokens) - 1
-            self.spec_proposed += len(draft)
-            self.spec_accepted += accepted
-            step_accepted += accepted
-            # Back off from sequences whose proposals keep failing, so they cost little.
-            seq.spec_misses = 0 if accepted else seq.spec_misses + 1
-            seq.spec_skip = 0 if accepted else min(1 << seq.spec_misses, 16)
+        row, step_accepted, num_verified = 0, 0, 0
+        for w in work:
+            seq, draft = w.seq, w.draft
+            rows = slice(row, row + len(draft) + 1)
+            row = rows.stop
+            if seq.finished:   # a sibling of a failed request, ended earlier in this step
+                continue
+            num_verified += 1
+            tokens = accepted_tokens(draft, result.accept[rows], result.residual[rows], result.plain[rows])
+            self.speculation.record(seq, len(draft), len(tokens) - 1)
+            step_accepted += len(tokens) - 1
             start = seq.num_computed
-            deltas += self._isolated(seq, lambda: self._append_tokens(seq, tokens))
+            deltas += self._isolated(seq, lambda: self.outputs.append_tokens(seq, tokens))
             if not seq.finished:
                 self.scheduler.advance(seq, start + len(tokens))
                 self.scheduler.trim(seq)
-        self.spec_verify_steps += 1
-        mean = step_accepted / len(seqs)
-        ema = self._accepted_ema
-        self._accepted_ema = mean if ema is None else ema + _ACCEPT_EMA_WEIGHT * (mean - ema)
-        if self._accepted_ema < self.config.speculative.min_accepted_tokens:
-            self._probe_wait = _PROBE_EVERY - 1
+        if num_verified:
+            self.speculation.end_step(step_accepted, num_verified)
         return deltas
 
-    def _append_tokens(self, seq: Sequence, tokens: list[int]) -> list[SequenceDelta]:
-        deltas = []
-        for t in tokens:
-            deltas.append(self._append_token(seq, t, None))
-            if seq.finished:
-                break
-        return deltas
-
-    def _append(self, seq: Sequence, result, row: int) -> SequenceDelta:
-        token = int(result.tokens[row])
-        logprobs = None
-        if seq.params.logprobs is not None:
-            k = seq.params.logprobs
-            top = [(int(t), float(lp)) for t, lp in zip(result.top_ids[row][:k], result.top_logprobs[row][:k])]
-            logprobs = [TokenLogprob(token, float(result.logprobs[row]), top)]
-        return self._append_token(seq, token, logprobs)
-
-    def _append_token(self, seq: Sequence, token: int, logprobs: list[TokenLogprob] | None
-                      ) -> SequenceDelta:
-        now = time.perf_counter()
-        if seq.metrics.first_token_s is None:
-            seq.metrics.first_token_s = now
-        seq.metrics.token_times_s.append(now)
-        seq.output_ids.append(token)
-        self.generation_tokens_total += 1
-        if logprobs:
-            seq.output_logprobs.extend(logprobs)
-
-        p = seq.params
-        reason = None
-        # The grammar consumes every token (EOS too); when nothing may follow, the output is done.
-        grammar_done = seq.grammar.advance(token) if seq.grammar is not None else False
-        if (token in p.stop_token_ids or (not p.ignore_eos and token in self.tokenizer.eos_token_ids)
-                or grammar_done):
-            reason = FinishReason.STOP
-        elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
-            reason = FinishReason.LENGTH
-        text = self._detok[seq.seq_id].push([token])
-        if reason is not None:
-            text += self._detok[seq.seq_id].flush()
-        text, stopped = self._apply_stop_strings(seq, text, final=reason is not None)
-        if stopped:
-            reason = FinishReason.STOP
-        if reason is not None:
-            self._finish(seq, reason)
-        return self._delta(seq, [token], text, logprobs)
-
-    def _apply_stop_strings(self, seq: Sequence, new_text: str, final: bool) -> tuple[str, bool]:
-        """Trim at the first stop string; hold back a tail that could still start one."""
-        stops = seq.params.stop
-        full = seq.text + seq.held_text + new_text if stops else seq.text + new_text
-        if not stops:
-            seq.text = full
-            return new_text, False
-        start = max(0, len(seq.text) - max(len(s) for s in stops))
-        hits = [i for i in (full.find(s, start) for s in stops) if i >= 0]
-        if hits:
-            cut = min(hits)
-            out = full[len(seq.text):cut]
-            seq.text, seq.held_text = full[:cut], ""
-            return out, True
-        hold = 0 if final else max(len(s) for s in stops) - 1
-        emit_to = max(len(seq.text), len(full) - hold)
-        out = full[len(seq.text):emit_to]
-        seq.text, seq.held_text = full[:emit_to], full[emit_to:]
-        return out, False
-
-    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
-        seq.finish_reason = reason
-        seq.metrics.finished_s = time.perf_counter()
+    def _finished(self, seq: Sequence) -> None:
+        """The output processor found seq done: free its pages, and its request once all n are."""
         self.scheduler.finish(seq)
-        self._detok.pop(seq.seq_id, None)
         seqs = self.requests.get(seq.request_id, [])
         if all(s.finished for s in seqs):
             self.requests.pop(seq.request_id, None)
-
-    def _delta(self, seq: Sequence, tokens, text, logprobs) -> SequenceDelta:
-        return SequenceDelta(request_id=seq.request_id, index=seq.index, token_ids=tokens, text=text,
-                             logprobs=logprobs, finish_reason=seq.finish_reason,
-                             num_prompt_tokens=len(seq.prompt_ids))
 
     # ---------------------------------------------------------------------------- reporting
     def stats(self) -> EngineStats:
@@ -502,14 +322,15 @@ class Engine:
             prefix_cache_queries=alloc.prefix_queries, prefix_cache_hits=alloc.prefix_hits,
             num_preemptions=self.scheduler.num_preemptions,
             prompt_tokens_total=self.prompt_tokens_total,
-            generation_tokens_total=self.generation_tokens_total,
+            generation_tokens_total=self.outputs.generation_tokens_total,
             compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds,
-            spec_proposed_tokens=self.spec_proposed, spec_accepted_tokens=self.spec_accepted,
+            spec_proposed_tokens=self.speculation.proposed if self.speculation else 0,
+            spec_accepted_tokens=self.speculation.accepted if self.speculation else 0,
             grammar_mask_time_s=self.sampler_times.seconds.get("grammar_mask", 0.0),
             grammar_mask_batches=self.sampler_times.batches.get("grammar_mask", 0))
 
     def warmup(self) -> None:
-        warmup_runner(self.runner, self.shapes, verify_buckets=self.verify_buckets)
-        if self.proposer is not None and hasattr(self.proposer, "runner"):
-            warmup_runner(self.proposer.runner, self.shapes, verify_buckets=self.verify_buckets,
-                          model_only_verify=True)
+        warmup_runner(self.runner, self.shapes)
+        proposer = self.speculation.proposer if self.speculation else None
+        if proposer is not None and hasattr(proposer, "runner"):
+            warmup_runner(proposer.runner, self.shapes, model_only=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Sequence as Seq
 
 from jaxserve.config import EngineConfig, load_config, overrides_from_dotted
-from jaxserve.engine import Engine
+from jaxserve.engine_factory import make_engine
 from jaxserve.outputs import CompletionOutput, RequestOutput
 from jaxserve.sampling_params import SamplingParams
 
@@ -34,7 +34,7 @@ class LLM:
             cfg = config.validate()
         else:
             cfg = load_config(config, overrides_from_dotted(dotted))
-        self.engine = Engine.from_config(cfg)
+        self.engine = make_engine(cfg)
         self.tokenizer = self.engine.tokenizer
         self._ids = itertools.count()
         if warmup:

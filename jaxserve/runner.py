@@ -1,8 +1,9 @@
 """ModelRunner: owns the params and KV pools and the jitted steps. The only device code in the loop.
 
-Two jitted programs per step shape: the model (pools donated, so no step copies them) and the
-sampler (small; compiled per feature set). One device-to-host copy per step brings back the
-sampled tokens and any requested logprobs together.
+Per step shape, one jitted model pass (pools donated, so no step copies them) over the whole
+ragged batch, then the sampler over its leading logits rows and, when the step verifies drafts,
+the verifier over the rest (small; compiled per feature set). One device-to-host copy per step
+brings back sampled tokens, logprobs and verdicts together.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from jaxserve.model.layers import with_bf16_matmuls
 from jaxserve.model.registry import get_family
 from jaxserve.sampler import SampleResult, SamplingArrays, sample
 from jaxserve.spec.verify import VerifyResult, verify
+from jaxserve.step_inputs import StepInputs
 
 log = logging.getLogger(__name__)
 
@@ -67,39 +69,46 @@ class ModelRunner:
         counter = self.compiles
 
         def model_step(params, kv: KVPages, batch: ModelBatch):
-            counter.traced(f"model {batch.mode} T={batch.tokens.shape[0]} "
-                           f"N={batch.kv_lens.shape[0]} M={batch.block_tables.shape[1]}")
+            counter.traced(f"model {batch.describe()}")
             return forward(params, kv, batch, arch=arch, opts=opts)
 
-        def sample_step(logits, arrays: SamplingArrays):
-            counter.traced(f"sampler B={logits.shape[0]} stages={','.join(arrays.active())} "
+        # The step's logits rows: the sampled ones first, then the verified ones (step_inputs).
+        def sample_step(logits, arrays: SamplingArrays, rows: int):
+            # rows is static: with every stage off the arrays hold no per-row array to size it by.
+            counter.traced(f"sampler B={rows} stages={','.join(arrays.active())} "
                            f"logprobs={arrays.num_logprobs}")
-            return sample(logits, arrays)
+            return sample(logits[:rows], arrays)
 
         def verify_step(logits, arrays: SamplingArrays, judged):
-            counter.traced(f"verifier R={logits.shape[0]} stages={','.join(arrays.active())}")
-            return verify(logits, arrays, judged)
+            rows = judged.shape[0]
+            counter.traced(f"verifier R={rows} stages={','.join(arrays.active())}")
+            return verify(logits[logits.shape[0] - rows:], arrays, judged)
 
         self._model_step = jax.jit(model_step, donate_argnames=("kv",))
-        self._sample_step = jax.jit(sample_step)
+        self._sample_step = jax.jit(sample_step, static_argnames=("rows",))
         self._verify_step = jax.jit(verify_step)
 
-    def run(self, batch: ModelBatch, arrays: SamplingArrays) -> SampleResult:
-        """Run the model on one padded batch and sample; returns host numpy results."""
+    def step(self, inputs: StepInputs) -> tuple[SampleResult, VerifyResult | None]:
+        """One model pass over a step's ragged batch, then sampling and verification of its
+        logits rows; host numpy results, copied back together."""
         before = self.compiles.count
         t0 = time.perf_counter()
-        logits, self.kv = self._model_step(self.params, self.kv, batch)
-        result = jax.device_get(self._sample_step(logits, arrays))
+        logits, self.kv = self._model_step(self.params, self.kv, inputs.batch)
+        sampled = self._sample_step(logits, inputs.sampling, rows=inputs.sample_rows)
+        verified = None
+        if inputs.verify_sampling is not None:
+            verified = self._verify_step(logits, inputs.verify_sampling, inputs.judged)
+        result = jax.device_get((sampled, verified))
         if self.compiles.count != before:
             self.compiles.seconds += time.perf_counter() - t0
         return result
 
-    def run_verify(self, batch: ModelBatch, arrays: SamplingArrays, judged: np.ndarray) -> VerifyResult:
-        """Model pass over pending + draft tokens, then verification of every row; host results."""
+    def run(self, batch: ModelBatch, arrays: SamplingArrays) -> SampleResult:
+        """Run the model on a batch whose logits rows are all sampled (a draft model's step)."""
         before = self.compiles.count
         t0 = time.perf_counter()
         logits, self.kv = self._model_step(self.params, self.kv, batch)
-        result = jax.device_get(self._verify_step(logits, arrays, judged))
+        result = jax.device_get(self._sample_step(logits, arrays, rows=len(batch.logits_indices)))
         if self.compiles.count != before:
             self.compiles.seconds += time.perf_counter() - t0
         return result

@@ -109,10 +109,10 @@ class Scheduler:
             plan.spec_lens.append(k)
             budget -= 1 + k
 
-        # Decodes and prefill chunks run as separate model calls, and the prefill call is padded
-        # to a bucket anyway: letting decodes shrink the prefill budget would only split prompts
-        # into odd chunks (a 512-token prompt beside 32 decodes: 480 + 32 tokens, two rows in
-        # the next step) and pad the rest, costing compute without shortening any step.
+        # Decodes and chunks share one pass, but the chunks' part of it is padded to a prefill
+        # bucket anyway: letting decodes shrink the prefill budget would only split prompts into
+        # odd chunks (a 512-token prompt beside 32 decodes: 480 + 32 tokens, two rows in the next
+        # step) and pad the rest, costing compute without shortening any step.
         budget = self.cfg.max_num_batched_tokens
         for seq in list(self.running):
             if budget == 0 or len(plan.prefills) == self.max_prefill_seqs:

@@ -1,8 +1,15 @@
-"""StepPlan -> padded numpy batches: the only place host state becomes model inputs.
+"""StepPlan -> one padded ragged batch: the only place host state becomes model inputs.
 
-Sizes are rounded up to buckets so the number of compiled programs stays small and known:
-decode batch B and prefill token count T come from the config, prefill sequence count N and
-block-table width M are powers of two.
+A step's work (plain decodes, speculative verifies, prefill chunks) is packed into one
+ModelBatch for one model pass: decode and verify rows first (num_short_seqs of them, each given
+short_q_len token slots), then the prefill chunks. The logits rows the step needs follow the
+same order: first one row per sampled sequence (plain decodes, then chunks), then every token
+of the verify rows. Sizes are rounded up to buckets so the number of compiled programs stays
+small and known (Shapes.step_shapes lists them all): decode slots come from the config's decode
+buckets, prefill tokens from its prefill buckets, prefill slots are one or max_prefill_seqs,
+and block-table widths powers of two. A step that mixes decodes with prefill chunks pads its
+decode rows to one size (mixed_decode_slots, or the largest verify bucket when it verifies), so
+mixing multiplies the prefill shapes by one or two, not by every decode bucket.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxserve.model.attention import ModelBatch
+from jaxserve.sampler import PackTimes, SamplingArrays, build_sampling
 from jaxserve.scheduler import PrefillChunk
 from jaxserve.sequence import Sequence
 
@@ -29,6 +37,67 @@ def pow2_at_least(n: int, floor: int = 1) -> int:
     return max(floor, 1 << max(0, (n - 1).bit_length()))
 
 
+def _block_table(seqs_pages: list[list[int]], rows: int, width: int) -> np.ndarray:
+    table = np.zeros((rows, width), np.int32)
+    for i, pages in enumerate(seqs_pages):
+        table[i, :len(pages)] = pages
+    return table
+
+
+@dataclass(frozen=True)
+class Work:
+    """One sequence's share of a step: a plain decode, a verify (draft set) or a prefill chunk."""
+    seq: Sequence
+    draft: list[int] | None = None       # proposed tokens after the pending one
+    chunk: PrefillChunk | None = None
+
+    @property
+    def start(self) -> int:
+        return self.chunk.start if self.chunk is not None else self.seq.num_computed
+
+    @property
+    def ids(self) -> list[int]:
+        if self.chunk is not None:
+            return self.seq.all_ids[self.chunk.start:self.chunk.start + self.chunk.length]
+        return [self.seq.all_ids[self.seq.num_computed]] + (self.draft or [])
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """The static layout of one step's batch (with a table width, its compile key)."""
+    decode_slots: int     # short rows: plain decodes and verifies
+    short_q_len: int      # token slots per short row: 1, or verify_q when the step verifies
+    prefill_tokens: int   # token slots of the chunks (0: none)
+    prefill_slots: int    # chunk rows (0: none)
+
+    @property
+    def tokens(self) -> int:
+        return self.decode_slots * self.short_q_len + self.prefill_tokens
+
+    @property
+    def sample_rows(self) -> int:
+        return self.decode_slots + self.prefill_slots
+
+    @property
+    def verify_rows(self) -> int:
+        return self.decode_slots * self.short_q_len if self.short_q_len > 1 else 0
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    batch: ModelBatch
+    sampling: SamplingArrays              # sample_rows rows: `sampled`, then padding
+    sampled: list[Work]                   # plain decodes, then chunks
+    verified: list[Work]                  # verify rows, in token-row order
+    verify_sampling: SamplingArrays | None = None   # verify_rows rows (None: no verify rows)
+    judged: np.ndarray | None = None      # i32[verify_rows] the draft token each row judges
+
+    @property
+    def sample_rows(self) -> int:
+        """Leading logits rows the sampler reads (the verify rows, if any, follow them)."""
+        return len(self.batch.logits_indices) - (0 if self.judged is None else len(self.judged))
+
+
 @dataclass(frozen=True)
 class Shapes:
     page_size: int
@@ -38,10 +107,12 @@ class Shapes:
     max_prefill_seqs: int
     history_len: int            # width of the sampler's penalty history (max_model_len)
     spec_tokens: int = 0        # k of speculative decoding (0: off)
+    verify_buckets: tuple[int, ...] = ()   # decode buckets a verifying step can have
+    mixed_decode_slots: int = 0            # decode rows of a step with chunks (0: largest bucket)
 
     @property
     def verify_q(self) -> int:
-        """Query slots per sequence in a verify batch: 1 + k, rounded to a power of two."""
+        """Token slots per short row of a verifying step: 1 + k, rounded to a power of two."""
         return pow2_at_least(1 + self.spec_tokens)
 
     def table_width(self, pages: int) -> int:
@@ -56,93 +127,135 @@ class Shapes:
         return sorted(widths)
 
     def prefill_seqs(self, n: int) -> int:
-        """Sequence slots of a prefill batch: one, or all of them (two shapes, not log2 many)."""
+        """Sequence slots of the chunks: one, or all of them (two shapes, not log2 many)."""
         return 1 if n == 1 else self.max_prefill_seqs
 
+    def _mixed_slots(self, verifying: bool) -> int:
+        if verifying:
+            return self.verify_buckets[-1]
+        return self.mixed_decode_slots or self.decode_buckets[-1]
 
-def _block_table(seqs_pages: list[list[int]], rows: int, width: int) -> np.ndarray:
-    table = np.zeros((rows, width), np.int32)
-    for i, pages in enumerate(seqs_pages):
-        table[i, :len(pages)] = pages
-    return table
+    def step_shape(self, num_short: int, verifying: bool, chunk_tokens: int, num_chunks: int
+                   ) -> StepShape:
+        """The layout of a step with these rows; ValueError if none fits."""
+        if verifying and not self.verify_buckets:
+            raise ValueError("a verify row in a step of an engine without speculation")
+        sq = self.verify_q if verifying else 1
+        if not num_chunks:
+            return StepShape(bucket(num_short, self.verify_buckets if verifying else self.decode_buckets),
+                             sq, 0, 0)
+        tokens, slots = bucket(chunk_tokens, self.prefill_buckets), self.prefill_seqs(num_chunks)
+        if not num_short:
+            return StepShape(0, 1, tokens, slots)
+        ds = self._mixed_slots(verifying)
+        if num_short > ds:
+            raise ValueError(f"{num_short} decode rows exceed the {ds} of a mixed step")
+        return StepShape(ds, sq, tokens, slots)
+
+    def step_shapes(self) -> list[StepShape]:
+        """Every layout step_shape can return (warmup compiles exactly these)."""
+        shorts = [(b, 1) for b in self.decode_buckets] + [(b, self.verify_q) for b in self.verify_buckets]
+        mixed = [(0, 1), (self._mixed_slots(False), 1)]
+        if self.verify_buckets:
+            mixed.append((self._mixed_slots(True), self.verify_q))
+        chunks = [(t, n) for t in self.prefill_buckets
+                  for n in sorted({self.prefill_seqs(1), self.prefill_seqs(2)})]
+        return ([StepShape(d, q, 0, 0) for d, q in shorts]
+                + [StepShape(d, q, t, n) for d, q in mixed for t, n in chunks])
 
 
-def build_decode(seqs: list[Sequence], shapes: Shapes) -> ModelBatch:
-    """Each sequence's pending token (its last), one row per sequence."""
-    return build_decode_at(seqs, [s.all_ids[s.num_computed] for s in seqs],
-                           [s.num_computed for s in seqs], shapes)
+Row = tuple[list[int], int, list[int]]   # a sequence's pages, first position, tokens this step
+
+
+def _pack(short: list[Row], chunks: list[Row], shape: StepShape, width: int, page_size: int
+          ) -> tuple[ModelBatch, list[int]]:
+    """Rows -> the batch (logits_indices left empty), and each row's first token row.
+
+    A padding short row of a one-token layout keeps its token slot (a dummy token at page 0
+    with kv_len 0), so short row i is token i; other padding rows own no tokens.
+    """
+    ds, sq = shape.decode_slots, shape.short_q_len
+    num_seqs = ds + shape.prefill_slots
+    tokens, positions, slots = (np.zeros(shape.tokens, np.int32) for _ in range(3))
+    kv_lens = np.zeros(num_seqs, np.int32)
+    cu = np.zeros(num_seqs + 1, np.int32)
+    rows = short + [None] * (ds - len(short)) + chunks
+    firsts, offset = [], 0
+    for i, row in enumerate(rows):
+        if row is None:
+            offset += 1 if sq == 1 else 0
+        else:
+            pages, start, ids = row
+            n = len(ids)
+            pos = np.arange(start, start + n)
+            tokens[offset:offset + n] = ids
+            positions[offset:offset + n] = pos
+            slots[offset:offset + n] = np.asarray(pages, np.int32)[pos // page_size] * page_size + pos % page_size
+            kv_lens[i] = start + n
+            firsts.append(offset)
+            offset += n
+        cu[i + 1] = offset
+    cu[len(rows) + 1:] = offset
+    tables = _block_table([r[0] if r else [] for r in rows], num_seqs, width)
+    batch = ModelBatch(tokens=tokens, positions=positions, slots=slots, block_tables=tables,
+                       kv_lens=kv_lens, cu_q_lens=cu, logits_indices=np.zeros(0, np.int32),
+                       max_q_len=max(shape.prefill_tokens, 1), num_short_seqs=ds, short_q_len=sq)
+    return batch, firsts
+
+
+def pack_step(work: list[Work], shapes: Shapes, shape: StepShape | None = None,
+              width: int | None = None, times: PackTimes | None = None) -> StepInputs:
+    """One step's work -> its one batch and the sampling inputs of the rows it reads back.
+
+    shape, width: force a layout (warmup packs no work into each); default: the smallest fit.
+    times: where the sampler adds its stages' host packing time (the engine's metrics).
+    """
+    short = [w for w in work if w.chunk is None]
+    chunks = [w for w in work if w.chunk is not None]
+    verified = [w for w in short if w.draft]
+    if shape is None:
+        shape = shapes.step_shape(len(short), bool(verified), sum(w.chunk.length for w in chunks),
+                                  len(chunks))
+    if width is None:
+        width = shapes.table_width(max((len(w.seq.pages) for w in work), default=1))
+    rows = lambda ws: [(w.seq.pages, w.start, w.ids) for w in ws]
+    batch, firsts = _pack(rows(short), rows(chunks), shape, width, shapes.page_size)
+    short_first, chunk_first = firsts[:len(short)], firsts[len(short):]
+
+    # Logits rows: one per sampled sequence (its last token), then every token of each verify.
+    plain = [(w, f) for w, f in zip(short, short_first) if not w.draft]
+    sampled = [w for w, _ in plain] + chunks
+    sample_idx = np.zeros(shape.sample_rows, np.int32)
+    for i, (w, first) in enumerate(zip(sampled, [f for _, f in plain] + chunk_first)):
+        sample_idx[i] = first + len(w.ids) - 1
+    verify_idx = np.zeros(shape.verify_rows, np.int32)
+    row = 0
+    for w, first in zip(short, short_first):
+        if w.draft:
+            verify_idx[row:row + len(w.ids)] = np.arange(first, first + len(w.ids))
+            row += len(w.ids)
+    batch.logits_indices = np.concatenate([sample_idx, verify_idx])
+
+    inputs = dict(batch=batch, sampled=sampled, verified=verified,
+                  sampling=build_sampling([w.seq for w in sampled], shape.sample_rows, shapes,
+                                          times=times))
+    if shape.verify_rows:
+        row_seqs, offsets, judged = verify_rows([w.seq for w in verified],
+                                                [w.draft for w in verified], shape.verify_rows)
+        inputs.update(judged=judged, verify_sampling=build_sampling(
+            row_seqs, shape.verify_rows, shapes, step_offsets=offsets, times=times))
+    return StepInputs(**inputs)
 
 
 def build_decode_at(seqs: list[Sequence], tokens: list[int], positions: list[int],
                     shapes: Shapes) -> ModelBatch:
     """One given token per sequence at a given position (a draft model runs ahead this way)."""
-    S = shapes.page_size
-    B = bucket(len(seqs), shapes.decode_buckets)
-    M = shapes.table_width(max(len(s.pages) for s in seqs))
-    tok = np.zeros(B, np.int32)
-    pos = np.zeros(B, np.int32)
-    slots = np.zeros(B, np.int32)
-    kv_lens = np.zeros(B, np.int32)
-    for i, (s, t, p) in enumerate(zip(seqs, tokens, positions)):
-        tok[i], pos[i] = t, p
-        slots[i] = s.pages[p // S] * S + p % S
-        kv_lens[i] = p + 1
-    return ModelBatch(
-        tokens=tok, positions=pos, slots=slots,
-        block_tables=_block_table([s.pages for s in seqs], B, M), kv_lens=kv_lens,
-        cu_q_lens=np.arange(B + 1, dtype=np.int32), logits_indices=np.arange(B, dtype=np.int32),
-        mode="decode", max_q_len=1)
-
-
-def _pack(items: list[tuple[Sequence, int, list[int]]], shapes: Shapes, T: int, N: int,
-          all_logits: bool, max_q_len: int) -> ModelBatch:
-    """Pack (seq, first position, tokens) chunks into one ragged prefill-mode batch."""
-    S = shapes.page_size
-    M = shapes.table_width(max(len(seq.pages) for seq, _, _ in items))
-    tokens = np.zeros(T, np.int32)
-    positions = np.zeros(T, np.int32)
-    slots = np.zeros(T, np.int32)
-    kv_lens = np.zeros(N, np.int32)
-    total = sum(len(ids) for _, _, ids in items)
-    cu = np.full(N + 1, total, np.int32)
-    cu[0] = 0
-    last_rows = np.zeros(N, np.int32)
-    offset = 0
-    for i, (seq, start, ids) in enumerate(items):
-        n = len(ids)
-        pos = np.arange(start, start + n)
-        pages = np.asarray(seq.pages, np.int32)
-        tokens[offset:offset + n] = ids
-        positions[offset:offset + n] = pos
-        slots[offset:offset + n] = pages[pos // S] * S + pos % S
-        offset += n
-        cu[i + 1] = offset
-        kv_lens[i] = start + n
-        last_rows[i] = offset - 1
-    return ModelBatch(
-        tokens=tokens, positions=positions, slots=slots,
-        block_tables=_block_table([seq.pages for seq, _, _ in items], N, M), kv_lens=kv_lens,
-        cu_q_lens=cu, logits_indices=np.arange(T, dtype=np.int32) if all_logits else last_rows,
-        mode="prefill", max_q_len=max_q_len)
-
-
-def build_prefill(chunks: list[PrefillChunk], shapes: Shapes) -> ModelBatch:
-    """Prompt chunks; logits only at each chunk's last token."""
-    T = bucket(sum(c.length for c in chunks), shapes.prefill_buckets)
-    N = shapes.prefill_seqs(len(chunks))
-    items = [(c.seq, c.start, c.seq.all_ids[c.start:c.start + c.length]) for c in chunks]
-    return _pack(items, shapes, T, N, all_logits=False, max_q_len=T)
-
-
-def build_verify(seqs: list[Sequence], drafts: list[list[int]], shapes: Shapes) -> ModelBatch:
-    """Each sequence's pending token followed by its draft; logits at every token (row = token).
-
-    Shapes depend only on the decode bucket and the table width (T = N x verify_q), so warmup
-    can compile them all; the small static query bound keeps the reference's scores small.
-    """
-    N = bucket(len(seqs), shapes.decode_buckets)
-    items = [(s, s.num_computed, [s.all_ids[s.num_computed]] + d) for s, d in zip(seqs, drafts)]
-    return _pack(items, shapes, N * shapes.verify_q, N, all_logits=True, max_q_len=shapes.verify_q)
+    shape = shapes.step_shape(len(seqs), False, 0, 0)
+    width = shapes.table_width(max(len(s.pages) for s in seqs))
+    batch, _ = _pack([(s.pages, p, [t]) for s, t, p in zip(seqs, tokens, positions)], [], shape,
+                     width, shapes.page_size)
+    batch.logits_indices = np.arange(shape.decode_slots, dtype=np.int32)
+    return batch
 
 
 def verify_rows(seqs: list[Sequence], drafts: list[list[int]], rows: int

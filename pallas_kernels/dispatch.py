@@ -88,6 +88,44 @@ def ragged_prefill_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_le
     fn = _kernel_module("ragged_prefill", chosen).ragged_prefill_attention
     kwargs = dict(max_q_len=max_q_len, scale=scale, soft_cap=soft_cap,
                   sliding_window=sliding_window, k_scales=k_scales, v_scales=v_scales)
+    return _call_ragged(fn, chosen, q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, kwargs,
+                        k_new, v_new, interpret)
+
+
+def ragged_paged_attention(q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, *,
+                           num_short_seqs: int, short_q_len: int, max_q_len: int, scale=None,
+                           soft_cap=None, sliding_window=None, k_scales=None, v_scales=None,
+                           k_new=None, v_new=None, impl: str = "auto", interpret: bool = False):
+    """One step's mixed batch (decode, verify and prefill rows) on the chosen backend; see
+    ragged_paged/reference.py for the spec and the short/long split.
+
+    Args:
+      q: [T, H, D]; k_pages, v_pages: [P, S, K, D]; block_tables: i32[N, M];
+      cu_q_lens: i32[N+1]; kv_lens: i32[N].
+      num_short_seqs, short_q_len: the first num_short_seqs sequences have at most short_q_len
+        queries each (exactly one when short_q_len == 1); max_q_len bounds the others. Static.
+      scale, soft_cap, sliding_window, k_scales, v_scales: see the reference.
+      k_new, v_new: optional [T, K, D], the step's own K/V (already in the pages); only the xla
+        backend reads them (a lone fresh prefill chunk), the others ignore them.
+      impl: auto | reference | xla | triton | mosaic.
+      interpret: run a Pallas kernel in interpret mode (any platform; slow, for tests).
+
+    Returns:
+      [T, H, D] in q.dtype; padding rows are zeros.
+    """
+    chosen = choose_impl(impl, interpret)
+    fn = _kernel_module("ragged_paged", chosen).ragged_paged_attention
+    kwargs = dict(num_short_seqs=num_short_seqs, short_q_len=short_q_len, max_q_len=max_q_len,
+                  scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
+                  k_scales=k_scales, v_scales=v_scales)
+    return _call_ragged(fn, chosen, q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, kwargs,
+                        k_new, v_new, interpret)
+
+
+def _call_ragged(fn, chosen: str, q, k_pages, v_pages, block_tables, cu_q_lens, kv_lens, kwargs: dict,
+                 k_new, v_new, interpret: bool):
+    """The backend-specific extras of the two ragged entry points: only xla reads the step's own
+    K/V, only the Pallas kernels take `interpret` and bf16 pages (as their uint16 bits' view)."""
     if chosen == "xla":
         kwargs.update(k_new=k_new, v_new=v_new)
     if chosen not in ("reference", "xla"):

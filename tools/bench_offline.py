@@ -168,10 +168,10 @@ def make_prompts(tokenizer, num: int, length: int, page_size: int) -> tuple[list
 
 
 class StepTimer:
-    """Times each model step by its compiled shape (mode, T, N, M), wrapping one ModelRunner's
-    step methods on the instance for the duration of a `with` block."""
+    """Times each model step by its compiled shape (ModelBatch.describe), wrapping one
+    ModelRunner's step methods on the instance for the duration of a `with` block."""
 
-    METHODS = ("run", "run_verify")   # plain steps; speculative verification steps
+    METHODS = ("step", "run")   # engine steps; a draft model's own decode steps
 
     def __init__(self, runner):
         self.runner = runner
@@ -188,12 +188,11 @@ class StepTimer:
             delattr(self.runner, name)   # back to the class's method
 
     def _timed(self, name: str, method):
-        def timed(batch, *rest):
+        def timed(first, *rest):
             t0 = time.perf_counter()
-            result = method(batch, *rest)
-            mode = batch.mode if name == "run" else f"{batch.mode} ({name})"
-            key = (f"{mode} T={batch.tokens.shape[0]} N={batch.kv_lens.shape[0]} "
-                   f"M={batch.block_tables.shape[1]}")
+            result = method(first, *rest)
+            batch = first.batch if name == "step" else first
+            key = f"{name} {batch.describe()}"
             self.seconds[key].append(time.perf_counter() - t0)
             return result
         return timed

@@ -13,6 +13,9 @@ set -euo pipefail
 OUT=${OUT:-/tmp/serving}; INPUT_LEN=${INPUT_LEN:-512}; OUTPUT_LEN=${OUTPUT_LEN:-128}
 CONCURRENCY=(${CONCURRENCY:-1 8 32}); PROMPTS=(${PROMPTS:-4 16 64})
 CONFIG=${CONFIG:-configs/smollm2-135m.yaml}
+# STRUCTURED=both: chat requests, each run unconstrained then with a JSON schema (response_format)
+STRUCTURED=${STRUCTURED:-off}
+EXTRA=(); [ "$STRUCTURED" != off ] && EXTRA=(--endpoint chat --structured "$STRUCTURED")
 mkdir -p "$OUT"
 
 jaxserve serve --config "$CONFIG" --port 8300 > "$OUT/jaxserve.log" 2>&1 &
@@ -37,6 +40,6 @@ for i in "${!CONCURRENCY[@]}"; do
     echo "== $name, concurrency $c, $n prompts ($(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))"
     python tools/bench_serving.py --base-url "http://127.0.0.1:$port" --num-prompts "$n" \
       --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --concurrency "$c" \
-      --warmup-requests 1 --out "$OUT/$name-c$c.json" --plot "$OUT/$name-c$c.png"
+      --warmup-requests 1 "${EXTRA[@]}" --out "$OUT/$name-c$c.json" --plot "$OUT/$name-c$c.png"
   done
 done

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from jaxserve.async_engine import AsyncEngine
 from jaxserve.disagg.remote_transfer import KVPuller
-from jaxserve.disagg.worker import (WorkerEngine, create_worker_app, first_delta, grammar_for,
+from jaxserve.disagg.worker import (EngineWorker, create_worker_app, first_delta, grammar_for,
                                     in_thread, parse_state)
 from jaxserve.disagg.worker_api import SeqState, Ticket, delta_to_json, error_body
 from jaxserve.engine import Engine
@@ -40,7 +40,7 @@ from jaxserve.structured import GrammarState
 log = logging.getLogger(__name__)
 
 
-class DecodeEngine(WorkerEngine):
+class DecodeWorker(EngineWorker):
     role = "decode"
 
     def __init__(self, engine: Engine, puller: KVPuller):
@@ -74,7 +74,7 @@ class DecodeEngine(WorkerEngine):
         return pages
 
 
-def create_decode_app(async_engine: AsyncEngine, worker: DecodeEngine, warmup: bool,
+def create_decode_app(async_engine: AsyncEngine, worker: DecodeWorker, warmup: bool,
                       pull_timeout_s: float = 30.0) -> FastAPI:
     app = create_worker_app(async_engine, worker, warmup)
     background: set[asyncio.Task] = set()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from jaxserve.async_engine import EngineDeadError
+from jaxserve.errors import EngineDeadError
 from jaxserve.page_table import prefix_page_hashes
 
 log = logging.getLogger(__name__)

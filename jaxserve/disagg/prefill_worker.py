@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from jaxserve.async_engine import AsyncEngine
 from jaxserve.disagg.remote_transfer import KVStager
-from jaxserve.disagg.worker import (WorkerEngine, create_worker_app, first_delta, grammar_for,
+from jaxserve.disagg.worker import (EngineWorker, create_worker_app, first_delta, grammar_for,
                                     parse_state)
 from jaxserve.disagg.worker_api import SeqState, Ticket, delta_to_json
 from jaxserve.engine import Engine
@@ -34,7 +34,7 @@ from jaxserve.structured import GrammarState
 from jaxserve.tokenizer import IncrementalDetokenizer
 
 
-class PrefillEngine(WorkerEngine):
+class PrefillWorker(EngineWorker):
     role = "prefill"
 
     def __init__(self, engine: Engine, stager: KVStager):
@@ -57,7 +57,7 @@ class PrefillEngine(WorkerEngine):
         self.observe_transfer(time.perf_counter() - t0, ticket.nbytes)
 
 
-def create_prefill_app(async_engine: AsyncEngine, worker: PrefillEngine, warmup: bool) -> FastAPI:
+def create_prefill_app(async_engine: AsyncEngine, worker: PrefillWorker, warmup: bool) -> FastAPI:
     app = create_worker_app(async_engine, worker, warmup, staged_bytes=lambda: worker.stager.staged_bytes)
 
     @app.post("/prefill")

@@ -1,6 +1,6 @@
 """Router (`jaxserve serve --role router`): the OpenAI API over P prefill and D decode workers.
 
-`RouterEngine` has AsyncEngine's asyncio interface (generate / abort / stats / start / ready ...),
+`Router` has AsyncEngine's asyncio interface (generate / abort / stats / start / ready ...),
 so jaxserve.server's app, protocol, validation and SSE streaming serve it unchanged. No JAX here.
 
 Life of one sequence (a request with n samples runs n of these, seeds fixed here):
@@ -33,7 +33,8 @@ from typing import AsyncIterator
 
 import httpx
 
-from jaxserve.async_engine import EngineDeadError, EngineNotReadyError, EngineOverloadedError
+from jaxserve.admission import check_request
+from jaxserve.errors import EngineDeadError, EngineNotReadyError, EngineOverloadedError
 from jaxserve.config import EngineConfig
 from jaxserve.disagg.instances import ROLES, Instance, InstancePool
 from jaxserve.disagg.worker_api import SeqState, delta_from_json
@@ -53,7 +54,7 @@ class _Retry(Exception):
 _ABORTED = object()
 
 
-class RouterEngine:
+class Router:
     """AsyncEngine's interface over remote workers (see the module docstring).
 
     Args:
@@ -157,15 +158,8 @@ class RouterEngine:
     def _check(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if not self._accepting:
             raise EngineNotReadyError("server is shutting down")
-        params.validate()
-        max_num_seqs = self.config.scheduler.max_num_seqs
-        if params.n > max_num_seqs:
-            raise ValueError(f"n must be <= scheduler.max_num_seqs ({max_num_seqs}), got {params.n}")
-        if not prompt_token_ids:
-            raise ValueError("prompt must not be empty, got 0 tokens")
-        if len(prompt_token_ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(prompt_token_ids)} tokens, longer than "
-                             f"model.max_model_len {self.max_model_len} allows (with >= 1 new token)")
+        check_request(prompt_token_ids, params, max_model_len=self.max_model_len,
+                      max_num_seqs=self.config.scheduler.max_num_seqs)
         for role in ROLES:
             if not self.pool.up(role):
                 raise EngineDeadError(f"no {role} worker is available")
@@ -336,7 +330,7 @@ def load_tokenizer(config: EngineConfig) -> tuple[Tokenizer, str]:
     return tokenizer, config.model.served_model_name or name
 
 
-def create_router_app(router: RouterEngine, config: EngineConfig, start_time_s: float | None = None):
+def create_router_app(router: Router, config: EngineConfig, start_time_s: float | None = None):
     """jaxserve.server's OpenAI app over the router, plus the router's own metrics."""
     from jaxserve.disagg.metrics import RouterMetrics
     from jaxserve.server import create_app

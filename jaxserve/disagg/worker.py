@@ -2,7 +2,7 @@
 
 A worker is one Engine on its own devices, driven by AsyncEngine (one engine thread, deltas to
 asyncio through per-request queues). Its requests arrive as SeqStates (worker_api.py) instead of
-prompts: the HTTP handler parks the state in `WorkerEngine.pending[request_id]`, then calls
+prompts: the HTTP handler parks the state in `EngineWorker.pending[request_id]`, then calls
 `AsyncEngine.generate`, whose ("add", ...) command reaches `add_request` on the engine thread,
 which takes the state from there. So admission checks, aborts on disconnect and failing every
 request loudly when the engine thread dies all come from AsyncEngine unchanged.
@@ -22,18 +22,18 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from jaxserve.async_engine import (AsyncEngine, EngineDeadError, EngineNotReadyError,
-                                   EngineOverloadedError)
+from jaxserve.async_engine import AsyncEngine
 from jaxserve.disagg.metrics import WorkerMetrics
 from jaxserve.disagg.worker_api import SeqState, error_body
-from jaxserve.engine import Engine, QueueFull
+from jaxserve.engine import Engine
+from jaxserve.errors import EngineDeadError, EngineNotReadyError, EngineOverloadedError, QueueFull
 from jaxserve.metrics import CONTENT_TYPE, ServerMetrics
 from jaxserve.outputs import EngineStats, SequenceDelta
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.structured import GrammarState
 
 
-class WorkerEngine:
+class EngineWorker:
     """The Engine interface AsyncEngine drives; subclasses turn a parked SeqState into a sequence."""
 
     role = "worker"
@@ -44,6 +44,7 @@ class WorkerEngine:
         self.tokenizer = engine.tokenizer
         self.model_name = engine.model_name
         self.max_model_len = engine.max_model_len
+        self.grammars = engine.grammars
         self.pending: dict[str, Any] = {}   # request id -> what add_request needs (set by HTTP)
         self.transfer_bytes = 0
         self.transfers = 0
@@ -120,7 +121,7 @@ async def parse_state(raw: Request, key: str | None = None) -> tuple[dict, SeqSt
         return JSONResponse(error_body(400, f"bad request body: {e}"), status_code=400)
 
 
-async def grammar_for(worker: WorkerEngine, state: SeqState) -> GrammarState | JSONResponse | None:
+async def grammar_for(worker: EngineWorker, state: SeqState) -> GrammarState | JSONResponse | None:
     """The sequence's grammar state, advanced over the tokens it already emitted; None if it is
     unconstrained; a 400 naming the field if the constraint or the replay is invalid.
 
@@ -171,7 +172,7 @@ async def in_thread(fn: Callable[..., Any], *args: Any, timeout_s: float) -> Any
     return await asyncio.wait_for(fut, timeout_s)
 
 
-def create_worker_app(async_engine: AsyncEngine, worker: WorkerEngine, warmup: bool,
+def create_worker_app(async_engine: AsyncEngine, worker: EngineWorker, warmup: bool,
                       staged_bytes: Callable[[], float] | None = None) -> FastAPI:
     """The routes every worker has; the caller adds its role's routes to the returned app."""
 

@@ -98,7 +98,7 @@ def layer_param_shapes_of(layer: nn.Module, hidden_size: int, num_kv_heads: int,
         tokens=jnp.zeros((T,), jnp.int32), positions=jnp.arange(T, dtype=jnp.int32),
         slots=jnp.zeros((T,), jnp.int32), block_tables=jnp.zeros((1, 1), jnp.int32),
         kv_lens=jnp.zeros((1,), jnp.int32), cu_q_lens=jnp.array([0, T], jnp.int32),
-        logits_indices=jnp.zeros((1,), jnp.int32), mode="prefill", max_q_len=T)
+        logits_indices=jnp.zeros((1,), jnp.int32), max_q_len=T)
     pool = jnp.zeros((1, 2, 4, num_kv_heads * head_dim), jnp.float32)
     return jax.eval_shape(
         lambda k: layer.init(k, jnp.zeros((T, hidden_size)), pool, pool, jnp.int32(0), dummy)["params"],

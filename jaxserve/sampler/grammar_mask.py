@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxserve.sampler.stage import MASKED, PackContext, Stage
 from jaxserve.structured import pack_token_masks

@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxserve.sampler import draw, filters, grammar_mask, penalties, temperature
 from jaxserve.sampler.stage import PackContext, PackTimes, Stage

@@ -1,4 +1,5 @@
-"""Checks a parsed request passes before any of its text is tokenized.
+"""Checks a parsed request passes before any of its text is tokenized (token-level checks:
+jaxserve/admission.py).
 
 Both are cheap and run before the tokenizer sees the request, so what they refuse costs the
 server almost nothing:

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jaxserve.async_engine import AsyncEngine
+from jaxserve.interfaces import ServingEngine
 from jaxserve.config import EngineConfig
 from jaxserve.metrics import CONTENT_TYPE, ServerMetrics
 from jaxserve.sampling_params import short_repr
@@ -31,9 +31,9 @@ from jaxserve.server.serving import APIError, OpenAIServing
 logger = logging.getLogger(__name__)
 
 
-def create_app(async_engine: AsyncEngine, config: EngineConfig, start_time_s: float | None = None,
+def create_app(async_engine: ServingEngine, config: EngineConfig, start_time_s: float | None = None,
                ) -> FastAPI:
-    """Build the app around an AsyncEngine; its lifespan starts the engine thread and drains it.
+    """Build the app around a ServingEngine (an AsyncEngine or a Router); its lifespan starts the engine thread and drains it.
 
     Args:
         async_engine: started or not; the lifespan starts it (warming up if config.server.warmup).
@@ -99,7 +99,7 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/health")
     async def health() -> Response:
-        engine: AsyncEngine = app.state.engine
+        engine: ServingEngine = app.state.engine
         if engine.ready:
             return JSONResponse({"status": "ok"})
         why = "engine failed" if engine.error is not None else "engine not ready"
@@ -183,7 +183,7 @@ def _is_type_tag(x: str) -> bool:
     return x in ("str", "int", "float", "bool") or x.startswith(("list[", "dict["))
 
 
-async def _announce_ready(engine: AsyncEngine, config: EngineConfig, metrics: ServerMetrics,
+async def _announce_ready(engine: ServingEngine, config: EngineConfig, metrics: ServerMetrics,
                           start_time_s: float) -> None:
     ready = await asyncio.to_thread(engine.wait_ready)
     if not ready:

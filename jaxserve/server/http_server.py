@@ -66,7 +66,7 @@ class ServingServer(uvicorn.Server):
     """uvicorn.Server that drains on SIGTERM/SIGINT and stops when the engine has died.
 
     Args:
-        engine: an AsyncEngine or RouterEngine: stop_accepting(), num_in_flight and error.
+        engine: an AsyncEngine or Router: stop_accepting(), num_in_flight and error.
         config: its uvicorn.Config.
     """
 

@@ -20,9 +20,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, TypeVar
 
-from jaxserve.async_engine import (AsyncEngine, EngineDeadError, EngineNotReadyError,
-                                   EngineOverloadedError)
-from jaxserve.errors import RequestFailedError
+from jaxserve.errors import EngineDeadError, EngineNotReadyError, EngineOverloadedError, RequestFailedError
+from jaxserve.interfaces import ServingEngine
 from jaxserve.metrics import ServerMetrics
 from jaxserve.outputs import FinishReason, SequenceDelta, TokenLogprob
 from jaxserve.sampling_defaults import resolve_defaults
@@ -164,7 +163,7 @@ def _finish(reason: FinishReason | None) -> str | None:
 class OpenAIServing:
     """Turns OpenAI requests into engine requests and engine deltas into OpenAI responses."""
 
-    def __init__(self, engine: AsyncEngine, metrics: ServerMetrics, tokenizer_threads: int = 2):
+    def __init__(self, engine: ServingEngine, metrics: ServerMetrics, tokenizer_threads: int = 2):
         self.engine = engine
         self.metrics = metrics
         self.tokenizer = engine.tokenizer
@@ -199,7 +198,7 @@ class OpenAIServing:
         return None if spec is None else await self._compile(spec, _structured_param(req))
 
     async def _compile(self, spec: StructuredOutput, param: str) -> StructuredOutput:
-        grammars = getattr(self.engine, "grammars", None)
+        grammars = self.engine.grammars
         if grammars is None:
             raise bad_request(f"{param} (structured outputs) is not supported by this server", param)
         try:

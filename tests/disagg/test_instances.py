@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from jaxserve.async_engine import EngineDeadError
+from jaxserve.errors import EngineDeadError
 from jaxserve.disagg.instances import InstancePool
 
 S = 4

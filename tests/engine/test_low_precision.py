@@ -83,7 +83,8 @@ def _decode_batch(rows: int, width: int) -> ModelBatch:
     return ModelBatch(tokens=np.ones(rows, np.int32), positions=np.full(rows, 20, np.int32),
                       slots=tables[:, 1] * 16 + 4, block_tables=tables, kv_lens=np.full(rows, 21, np.int32),
                       cu_q_lens=np.arange(rows + 1, dtype=np.int32),
-                      logits_indices=np.arange(rows, dtype=np.int32), mode="decode", max_q_len=1)
+                      logits_indices=np.arange(rows, dtype=np.int32), max_q_len=1,
+                      num_short_seqs=rows)
 
 
 def test_compiled_step_has_no_f32_copy_of_pools_or_kernels():
@@ -143,7 +144,7 @@ def _one_row_prefill(tokens: int) -> ModelBatch:
                       slots=np.arange(tokens, dtype=np.int32) + 16,
                       block_tables=np.arange(1, 3, dtype=np.int32)[None], kv_lens=np.array([tokens], np.int32),
                       cu_q_lens=np.array([0, tokens], np.int32), logits_indices=np.array([tokens - 1], np.int32),
-                      mode="prefill", max_q_len=tokens)
+                      max_q_len=tokens)
 
 
 def test_one_row_logits_do_not_convert_the_bf16_head_to_f32():

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import jaxserve.engine as engine_module
+import jaxserve.step_inputs as step_inputs_module
 from jaxserve import SamplingParams
 from jaxserve.outputs import FinishReason
 
@@ -43,14 +43,14 @@ def prompts(tiny):
 def test_a_request_whose_row_cannot_be_packed_fails_alone(tiny, prompts, monkeypatch):
     alone = {rid: _tokens(d) for rid, d in _run(tiny.engine, {k: v for k, v in prompts.items()
                                                             if k != "bad"}).items()}
-    real_build = engine_module.build_sampling
+    real_build = step_inputs_module.build_sampling   # pack_step packs the sampling rows
 
     def build(seqs, *args, **kwargs):
         if any(s.request_id == "bad" and s.output_ids for s in seqs):   # its first decode step
             raise OverflowError("Python integer out of bounds for int32")
         return real_build(seqs, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "build_sampling", build)
+    monkeypatch.setattr(step_inputs_module, "build_sampling", build)
     out = _run(tiny.engine, prompts)
     assert out["bad"][-1].finish_reason is FinishReason.ERROR
     assert "OverflowError" in out["bad"][-1].error
@@ -62,14 +62,14 @@ def test_a_request_whose_detokenization_raises_fails_alone(tiny, prompts, monkey
     alone = {rid: _tokens(d) for rid, d in _run(tiny.engine, {k: v for k, v in prompts.items()
                                                             if k != "bad"}).items()}
     engine = tiny.engine
-    real_append = engine._append_token
+    real_append = engine.outputs.append
 
     def append(seq, token, logprobs):
         if seq.request_id == "bad" and len(seq.output_ids) == 2:
             raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
         return real_append(seq, token, logprobs)
 
-    monkeypatch.setattr(engine, "_append_token", append)
+    monkeypatch.setattr(engine.outputs, "append", append)
     out = _run(engine, prompts)
     assert out["bad"][-1].finish_reason is FinishReason.ERROR
     assert len(_tokens(out["bad"])) == 2

@@ -132,7 +132,7 @@ def _oracle_engine(tiny_reference, right, **overrides) -> tuple[Engine, list[lis
     llm = make_llm("tiny-random", speculative__method="ngram", speculative__num_speculative_tokens=4,
                    scheduler__max_prefill_seqs=len(REPETITIVE), **{**TINY, **overrides})
     engine = llm.engine
-    engine.proposer = _OracleProposer({tuple(p): w for p, w in zip(prompts, want)},
+    engine.speculation.proposer = _OracleProposer({tuple(p): w for p, w in zip(prompts, want)},
                                       engine.arch.vocab_size, right)
     return engine, prompts, want
 
@@ -144,12 +144,12 @@ def _run_steps(engine: Engine, prompts: list[list[int]]) -> tuple[list[list[int]
     out: dict[str, list[int]] = {}
     verified = []
     while engine.has_unfinished_requests():
-        before = engine.spec_verify_steps
+        before = engine.speculation.verify_steps
         decoding = any(s.is_decoding for s in engine.scheduler.running)
         for d in engine.step():
             out.setdefault(d.request_id, []).extend(d.token_ids)
         if decoding:
-            verified.append(engine.spec_verify_steps > before)
+            verified.append(engine.speculation.verify_steps > before)
     return [out[f"r{i}"] for i in range(len(prompts))], verified
 
 
@@ -164,9 +164,9 @@ def test_no_speculation_above_max_batch(tiny_reference, limit):
     assert got == want
     stats = llm.engine.stats()
     if limit < len(REPETITIVE):
-        assert stats.spec_proposed_tokens == 0 and llm.engine.spec_verify_steps == 0
+        assert stats.spec_proposed_tokens == 0 and llm.engine.speculation.verify_steps == 0
     else:
-        assert stats.spec_proposed_tokens > 0 and llm.engine.spec_verify_steps > 0
+        assert stats.spec_proposed_tokens > 0 and llm.engine.speculation.verify_steps > 0
 
 
 def test_rejected_proposals_are_rarely_verified(tiny_reference):
@@ -188,7 +188,7 @@ def test_low_acceptance_probes_every_eighth_step(tiny_reference, min_accepted):
     got, verified = _run_steps(engine, prompts)
     assert got == want
     stats = engine.stats()
-    assert stats.spec_accepted_tokens == engine.spec_verify_steps * len(prompts)
+    assert stats.spec_accepted_tokens == engine.speculation.verify_steps * len(prompts)
     if min_accepted > 1.0:
         assert 2 <= sum(verified) <= len(verified) // 8 + 1, verified
         assert verified[:9] == [True] + [False] * 7 + [True]
@@ -231,7 +231,7 @@ def test_warmup_compiles_only_reachable_verify_shapes(tiny_reference):
     for batch in ([0], [0, 1], [0, 1, 2]):  # one and two sequences speculate, three do not
         got = [o.token_ids for o in llm.generate([REPETITIVE[i] for i in batch], GREEDY, use_tqdm=False)]
         assert got == [want[i] for i in batch]
-    assert engine.spec_verify_steps > 0
+    assert engine.speculation.verify_steps > 0
     assert engine.runner.compiles.count == compiled, engine.runner.compiles.keys[compiled:]
 
 
@@ -255,8 +255,8 @@ def _small_vocab_engine(**spec) -> Engine:
         "speculative": {"max_batch_for_speculation": 64, "min_accepted_tokens": 0.0, **spec}})
     engine = Engine(config, arch, params, tokenizer)
     if spec.get("method") == "draft":
-        engine.proposer.runner.params = jax.tree_util.tree_map(   # a deliberately different draft
-            lambda x: x * 2.0, engine.proposer.runner.params)
+        engine.speculation.proposer.runner.params = jax.tree_util.tree_map(   # a deliberately different draft
+            lambda x: x * 2.0, engine.speculation.proposer.runner.params)
     return engine
 
 

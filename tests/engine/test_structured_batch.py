@@ -21,7 +21,14 @@ def test_a_constrained_request_changes_no_other_output(tiny):
     alone = [o.outputs[0].token_ids for o in tiny.generate(prompts, plain, use_tqdm=False)]
     constrained = SamplingParams(temperature=1.0, seed=2, max_tokens=40,
                                  structured=StructuredOutput(json=SCHEMA))
+    before = tiny.engine.stats()
     mixed = tiny.generate(prompts + ["JSON:"], plain + [constrained], use_tqdm=False)
     assert [o.outputs[0].token_ids for o in mixed[:3]] == alone
     assert mixed[3].outputs[0].finish_reason.value == "stop"
     jsonschema.validate(json.loads(mixed[3].outputs[0].text), SCHEMA)
+    # The engine's grammar-mask metrics count every step that sampled the constrained row
+    # (one per token it generated, at least) and the host time spent packing its masks.
+    after = tiny.engine.stats()
+    assert (after.grammar_mask_batches - before.grammar_mask_batches
+            >= len(mixed[3].outputs[0].token_ids))
+    assert after.grammar_mask_time_s > before.grammar_mask_time_s

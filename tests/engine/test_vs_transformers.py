@@ -38,7 +38,7 @@ def _prefill_logits(llm, ids: list[int]) -> np.ndarray:
     batch = ModelBatch(
         tokens=np.asarray(ids, np.int32), positions=pos, slots=(table[0][pos // S] * S + pos % S),
         block_tables=np.pad(table, ((0, 0), (0, 8 - pages))), kv_lens=np.array([T], np.int32),
-        cu_q_lens=np.array([0, T], np.int32), logits_indices=pos, mode="prefill", max_q_len=T)
+        cu_q_lens=np.array([0, T], np.int32), logits_indices=pos, max_q_len=T)
     return llm.engine.runner.logits(batch)
 
 

@@ -63,7 +63,7 @@ def _prefill_logits(llm: LLM, ids: list[int]) -> np.ndarray:
         tokens=np.asarray(ids, np.int32), positions=pos,
         slots=table[0][pos // PAGE_SIZE] * PAGE_SIZE + pos % PAGE_SIZE, block_tables=table,
         kv_lens=np.array([T], np.int32), cu_q_lens=np.array([0, T], np.int32),
-        logits_indices=pos, mode="prefill", max_q_len=T)
+        logits_indices=pos, max_q_len=T)
     return llm.engine.runner.logits(batch)
 
 

@@ -28,7 +28,7 @@ def decode_batch() -> ModelBatch:
         tokens=jnp.zeros(ROWS, jnp.int32), positions=jnp.full(ROWS, 20, jnp.int32),
         slots=jnp.asarray(tables[:, 1] * PAGE_SIZE + 4), block_tables=jnp.asarray(tables),
         kv_lens=jnp.full(ROWS, 21, jnp.int32), cu_q_lens=jnp.arange(ROWS + 1, dtype=jnp.int32),
-        logits_indices=jnp.arange(ROWS, dtype=jnp.int32), mode="decode", max_q_len=1)
+        logits_indices=jnp.arange(ROWS, dtype=jnp.int32), max_q_len=1, num_short_seqs=ROWS)
 
 
 ARCHS = {

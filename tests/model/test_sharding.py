@@ -24,7 +24,7 @@ def _prefill(tokens: int) -> ModelBatch:
     return ModelBatch(tokens=(pos * 7 + 3) % 128, positions=pos, slots=pos + 16,
                       block_tables=np.arange(1, 3, dtype=np.int32)[None],
                       kv_lens=np.array([tokens], np.int32), cu_q_lens=np.array([0, tokens], np.int32),
-                      logits_indices=pos, mode="prefill", max_q_len=tokens)
+                      logits_indices=pos, max_q_len=tokens)
 
 
 def test_gemma_sharded_on_two_devices_matches_one():

@@ -119,9 +119,9 @@ def fake_server() -> Iterator[Live]:
 
 @pytest.fixture(scope="session")
 def real_server() -> Iterator[Live]:
-    from jaxserve.engine import Engine
+    from jaxserve.engine_factory import make_engine
     config = real_config()
-    with live_server(Engine.from_config(config), config, "real") as live:
+    with live_server(make_engine(config), config, "real") as live:
         yield live
 
 

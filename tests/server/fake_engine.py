@@ -16,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from jaxserve.admission import check_request
 from jaxserve.config import EngineConfig
 from jaxserve.outputs import EngineStats, FinishReason, SequenceDelta, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
@@ -84,27 +85,24 @@ class FakeEngine:
         self.config = config
         self.tokenizer = FakeTokenizer()
         self.model_name = config.model.served_model_name or "fake-model"
+        self.max_model_len = config.model.max_model_len
+        self.grammars = None
         self.step_s = step_s
         self.waiting: deque[list[_Seq]] = deque()
         self.running: list[_Seq] = []
         self._stats = EngineStats(kv_pages_total=config.cache.num_pages - 1)
         self.num_steps = 0
 
-    @classmethod
-    def from_config(cls, config: EngineConfig) -> "FakeEngine":
-        return cls(config)
-
     def warmup(self) -> None:
         self._stats.compile_count = 2
         self._stats.compile_time_s = 0.01
 
+    def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        check_request(prompt_token_ids, params, max_model_len=self.max_model_len)
+
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                     prompt: str | None = None) -> None:
-        params.validate()
-        limit = self.config.model.max_model_len
-        if len(prompt_token_ids) >= limit:
-            raise ValueError(f"prompt has {len(prompt_token_ids)} tokens, longer than "
-                             f"model.max_model_len {limit}")
+        self.validate_request(prompt_token_ids, params)
         if any(s.request_id == request_id for s in self._all()):
             raise ValueError(f"request_id must be unique, got {request_id!r}")
         base = params.seed if params.seed is not None else random.randrange(1 << 30)

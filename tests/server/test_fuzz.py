@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jaxserve.config import load_config
-from jaxserve.engine import Engine
+from jaxserve.engine_factory import make_engine
 
 pytestmark = pytest.mark.slow
 REQUEST_TIMEOUT_S = 60   # a hang fails the example instead of stalling the suite
@@ -28,7 +28,7 @@ REQUEST_TIMEOUT_S = 60   # a hang fails the example instead of stalling the suit
 def fuzzed():
     # A short context bounds the longest generation a fuzzed max_tokens can ask for.
     config = load_config(TINY_CONFIG, REAL_OVERRIDES | {"model": {"max_model_len": 128}})
-    with live_server(Engine.from_config(config), config, "real") as live:
+    with live_server(make_engine(config), config, "real") as live:
         yield live
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import live_server, real_config
 
 from jaxserve.config import load_config
-from jaxserve.engine import Engine
+from jaxserve.engine_factory import make_engine
 from jaxserve.model.arch import tiny_arch
 from jaxserve.model.llama import init_random_params
 from tests.model.files import write_gguf
@@ -87,7 +87,7 @@ def spec_server(tmp_path_factory):
         "server": {"warmup": False},
         "speculative": {"method": "draft", "draft_source": str(draft), "num_speculative_tokens": 3,
                         "max_batch_for_speculation": 64, "min_accepted_tokens": 0.0}})
-    engine = Engine.from_config(config)
+    engine = make_engine(config)
     assert engine.model_name == "tiny-random"
     with live_server(engine, config, "real") as live:
         yield live
