@@ -132,10 +132,10 @@ class DisaggConfig:
     def validate(self) -> None:
         _check(self.mode in ("colocated", "disaggregated"), "disagg.mode", "must be colocated or disaggregated",
                self.mode)
-        for field in ("prefill_urls", "decode_urls"):
-            urls = getattr(self, field)
+        for name in ("prefill_urls", "decode_urls"):
+            urls = getattr(self, name)
             _check(all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls),
-                   f"disagg.{field}", "must be a list of http(s):// base URLs", urls)
+                   f"disagg.{name}", "must be a list of http(s):// base URLs", urls)
         if self.mode == "disaggregated":
             _check(len(self.prefill_devices) > 0, "disagg.prefill_devices", "must not be empty",
                    self.prefill_devices)

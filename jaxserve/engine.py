@@ -11,6 +11,7 @@ Not thread-safe: one thread drives it (AsyncEngine for the server, LLM for the P
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Callable
@@ -27,15 +28,16 @@ from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, Sequence
 from jaxserve.runner import ModelRunner
 from jaxserve.sampler import PackTimes
 from jaxserve.sampling_params import SamplingParams, short_repr
+from jaxserve.sampling_defaults import resolve_defaults
 from jaxserve.scheduler import Scheduler
 from jaxserve.seeds import fold_seed, request_seed, sample_seed
 from jaxserve.sequence import Sequence
 from jaxserve.spec.controller import SpeculationController
 from jaxserve.spec.verify import accepted_tokens
 from jaxserve.step_inputs import Shapes, StepInputs, Work, bucket, pack_step
-from jaxserve.structured import GrammarCompiler, GrammarState
+from jaxserve.structured import GrammarCompiler, GrammarState, StructuredOutput
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
-from jaxserve.warmup import warmup_runner
+from jaxserve.warmup import example_sequence, warmup_runner, warmup_sampling
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +333,21 @@ class Engine:
 
     def warmup(self) -> None:
         warmup_runner(self.runner, self.shapes)
+        warmup_sampling(self.runner, self.shapes, self._sampling_examples())
         proposer = self.speculation.proposer if self.speculation else None
         if proposer is not None and hasattr(proposer, "runner"):
             warmup_runner(proposer.runner, self.shapes, model_only=True)
+
+    def _sampling_examples(self) -> list[Sequence]:
+        """The request kinds whose sampler programs warm-up compiles besides greedy: the server's
+        default sampling (fields a request leaves unset: the model's recommendation, else
+        llama.cpp's), and both of those under a grammar (structured outputs)."""
+        defaults = resolve_defaults(getattr(self.tokenizer, "sampling_defaults", {}),
+                                    dataclasses.asdict(self.config.sampling_defaults))
+        sampled = SamplingParams(**defaults, seed=0)
+        if sampled.top_k >= self.arch.vocab_size:
+            sampled = sampled.replace(top_k=0)   # as add_request does
+        greedy = SamplingParams(temperature=0.0)
+        grammar = self.grammars.state(StructuredOutput(json_object=True))
+        return [example_sequence(sampled), example_sequence(greedy, grammar),
+                example_sequence(sampled, grammar)]

@@ -113,6 +113,14 @@ class ModelRunner:
             self.compiles.seconds += time.perf_counter() - t0
         return result
 
+    def sample_only(self, logits, arrays: SamplingArrays, rows: int) -> SampleResult:
+        """The sampler alone over given logits (warm-up compiles its variants this way)."""
+        return jax.device_get(self._sample_step(jnp.asarray(logits), arrays, rows=rows))
+
+    def verify_only(self, logits, arrays: SamplingArrays, judged) -> VerifyResult:
+        """The verifier alone over given logits (warm-up)."""
+        return jax.device_get(self._verify_step(jnp.asarray(logits), arrays, jnp.asarray(judged)))
+
     def forward_only(self, batch: ModelBatch) -> None:
         """Write a batch's K/V without sampling (a draft model keeping its cache in step)."""
         _, self.kv = self._model_step(self.params, self.kv, batch)

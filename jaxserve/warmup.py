@@ -11,7 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
-from jaxserve.step_inputs import pack_step
+import numpy as np
+
+from jaxserve.outputs import RequestMetrics
+from jaxserve.sampler import build_sampling
+from jaxserve.sequence import Sequence
+from jaxserve.step_inputs import pack_step, verify_rows
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +38,34 @@ def warmup_runner(runner, shapes, model_only: bool = False) -> None:
             else:
                 runner.run(inputs.batch, inputs.sampling)
     log.info("warmup compiled %d programs in %.1f s", runner.compiles.count, time.perf_counter() - t0)
+
+
+def warmup_sampling(runner, shapes, examples: list[Sequence]) -> None:
+    """Compile the sampler (and, with speculation, the verifier) for each example sequence's
+    stages at every logits layout, so requests sampled like the examples never compile either.
+
+    warmup_runner compiles greedy sampling only; the sampler is a jitted program of its own per
+    set of enabled stages (sampler/pipeline.py), so e.g. a server's default sampling or a
+    grammar mask would otherwise compile on the first batch of each size that holds one.
+    Sampler programs only: nothing here runs the model.
+    """
+    t0, before = time.perf_counter(), runner.compiles.count
+    layouts = sorted({(s.sample_rows, s.verify_rows) for s in shapes.step_shapes()})
+    for example in examples:
+        for rows, verify in layouts:
+            logits = np.zeros((rows + verify, runner.arch.vocab_size), np.float32)
+            runner.sample_only(logits, build_sampling([example] * rows, rows, shapes), rows)
+            if verify and example.grammar is None:   # constrained rows never speculate
+                k = shapes.verify_q - 1
+                row_seqs, offsets, judged = verify_rows([example] * (verify // (k + 1)),
+                                                        [[0] * k] * (verify // (k + 1)), verify)
+                runner.verify_only(logits, build_sampling(row_seqs, verify, shapes,
+                                                          step_offsets=offsets), judged)
+    log.info("warmup compiled %d sampling programs for %d request kinds in %.1f s",
+             runner.compiles.count - before, len(examples), time.perf_counter() - t0)
+
+
+def example_sequence(params, grammar=None) -> Sequence:
+    """A stand-in sequence that packs as a request with these params (and grammar) would."""
+    return Sequence(seq_id=-1, request_id="warmup", index=0, prompt_ids=[0], params=params, seed=0,
+                    metrics=RequestMetrics(arrival_s=0.0), grammar=grammar)
