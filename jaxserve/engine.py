@@ -11,7 +11,6 @@ Not thread-safe: one thread drives it (AsyncEngine for the server, LLM for the P
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from typing import Callable
@@ -28,7 +27,7 @@ from jaxserve.outputs import EngineStats, FinishReason, RequestMetrics, Sequence
 from jaxserve.runner import ModelRunner
 from jaxserve.sampler import PackTimes
 from jaxserve.sampling_params import SamplingParams, short_repr
-from jaxserve.sampling_defaults import resolve_defaults
+from jaxserve.sampling_defaults import served_defaults
 from jaxserve.scheduler import Scheduler
 from jaxserve.seeds import fold_seed, request_seed, sample_seed
 from jaxserve.sequence import Sequence
@@ -342,9 +341,7 @@ class Engine:
         """The request kinds whose sampler programs warm-up compiles besides greedy: the server's
         default sampling (fields a request leaves unset: the model's recommendation, else
         llama.cpp's), and both of those under a grammar (structured outputs)."""
-        defaults = resolve_defaults(getattr(self.tokenizer, "sampling_defaults", {}),
-                                    dataclasses.asdict(self.config.sampling_defaults))
-        sampled = SamplingParams(**defaults, seed=0)
+        sampled = SamplingParams(**served_defaults(self.tokenizer, self.config), seed=0)
         if sampled.top_k >= self.arch.vocab_size:
             sampled = sampled.replace(top_k=0)   # as add_request does
         greedy = SamplingParams(temperature=0.0)

@@ -27,3 +27,11 @@ def resolve_defaults(model: dict[str, Any], configured: dict[str, Any]) -> dict[
     out.update(model)
     out.update({k: v for k, v in configured.items() if v is not None})
     return out
+
+
+def served_defaults(tokenizer: Any, config: Any) -> dict[str, Any]:
+    """What an HTTP request's unset fields become for this tokenizer (its model's
+    generation_config) and this EngineConfig (its sampling_defaults section)."""
+    import dataclasses
+    return resolve_defaults(getattr(tokenizer, "sampling_defaults", {}),
+                            dataclasses.asdict(config.sampling_defaults))

@@ -12,7 +12,6 @@ Request metrics (TTFT, inter-token latency, e2e latency, finish reasons) are obs
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import time
@@ -24,7 +23,7 @@ from jaxserve.errors import EngineDeadError, EngineNotReadyError, EngineOverload
 from jaxserve.interfaces import ServingEngine
 from jaxserve.metrics import ServerMetrics
 from jaxserve.outputs import FinishReason, SequenceDelta, TokenLogprob
-from jaxserve.sampling_defaults import resolve_defaults
+from jaxserve.sampling_defaults import served_defaults
 from jaxserve.sampling_params import SamplingParams, short_repr
 from jaxserve.server import protocol as p
 from jaxserve.server import tool_calls
@@ -175,8 +174,7 @@ class OpenAIServing:
         self._pool = ThreadPoolExecutor(max_workers=tokenizer_threads, thread_name_prefix="jaxserve-tokenize")
         self._max_token_chars = self.tokenizer.max_token_chars
         # Unset sampling fields: the model's recommendation, else llama.cpp's (sampling_defaults.py).
-        self.sampling_defaults = resolve_defaults(getattr(self.tokenizer, "sampling_defaults", {}),
-                                                  dataclasses.asdict(engine.config.sampling_defaults))
+        self.sampling_defaults = served_defaults(self.tokenizer, engine.config)
 
     async def _off_loop(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

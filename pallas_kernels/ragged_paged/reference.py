@@ -12,8 +12,8 @@ two_calls.py): the first num_short_seqs sequences ("short": decode and verify ro
 short_q_len queries each, and when short_q_len == 1 exactly one each (a padding one with kv_len
 0), so their queries are rows 0..num_short_seqs-1; the rest ("long": prefill chunks) have at
 most max_q_len each and follow them, their queries totalling at most
-T - num_short_seqs * short_q_len (a packer reserves the short rows' room first). The spec's result does not depend on the split: this
-reference ignores it, and backends must agree with it.
+T - num_short_seqs * short_q_len (a packer reserves the short rows' room first). The spec's
+result does not depend on the split: this reference ignores it, and backends must agree with it.
 """
 from __future__ import annotations
 
