@@ -57,6 +57,9 @@ class SchedulerConfig:
     max_prefill_seqs: int = 2              # sequences sharing one prefill step (each gets a full query window)
     decode_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)   # padded decode batch sizes
     prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # padded prefill token counts
+    # Dispatch step N+1 before reading step N's tokens back, so the host's scheduling, packing,
+    # detokenizing and streaming overlap the device (engine.py, inflight.py); false: one step at a time.
+    async_scheduling: bool = True
 
     def validate(self) -> None:
         _check(self.max_num_seqs > 0, "scheduler.max_num_seqs", "must be > 0", self.max_num_seqs)

@@ -4,9 +4,13 @@ engine.step():
   lookahead = speculation.lookahead()        whether and how far to propose drafts (spec/controller.py)
   plan   = scheduler.schedule(lookahead)     decode slots + prefill chunks (host)
   inputs = step_inputs.pack_step(work)       decodes, verifies and chunks in one padded batch (host)
-  result = runner.step(inputs)               one model pass, sampling + verification (device), one copy back
-  deltas = outputs.append_sampled(...)       stop checks, detokenize (output_processor.py); finished
-                                             sequences come back through _finished, which frees pages
+  launch = runner.launch(inputs)             one model pass, sampling + verification (device), dispatched
+  read back the step before                  its copy to the host; stop checks, detokenize
+                                             (output_processor.py); finished sequences come back
+                                             through _finished, which frees pages
+With asynchronous scheduling (scheduler.async_scheduling) a step stays in flight while the next
+is planned and dispatched, so the host's work overlaps the device's (inflight.py); without it,
+or when a row needs its tokens known first, each step is read back at once.
 Not thread-safe: one thread drives it (AsyncEngine for the server, LLM for the Python API).
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 from jaxserve.admission import check_request
 from jaxserve.config import EngineConfig
 from jaxserve.errors import QueueFull
+from jaxserve.inflight import InFlightStep, drop_unresolved, expect_token, must_read_first, resolve_token
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions
 from jaxserve.output_processor import OutputProcessor, delta
@@ -72,13 +77,18 @@ class Engine:
                                   jnp.dtype(config.model.dtype),
                                   AttentionOptions(config.kernel.attention_impl, config.kernel.interpret),
                                   mesh=mesh, bf16_matmuls=config.model.matmul_dtype == "bfloat16",
-                                  kv_dtype=None if cache.dtype == "auto" else jnp.dtype(cache.dtype))
+                                  kv_dtype=None if cache.dtype == "auto" else jnp.dtype(cache.dtype),
+                                  feed_rows=max(s.sample_rows for s in self.shapes.step_shapes()))
         # Disaggregated prefill side: called with each sequence whose prompt is done and whose
         # first token is out; the callee copies its pages away and must release them here.
         self.handoff: Callable[[Sequence, IncrementalDetokenizer], None] | None = None
         proposer = self._make_proposer(config)
         self.speculation = (SpeculationController(proposer, config.speculative, sched.max_num_seqs,
                                                   self.max_model_len) if proposer is not None else None)
+        # Drafts are proposed from the tokens themselves, so speculation reads every step back.
+        self.async_scheduling = sched.async_scheduling and self.speculation is None
+        self._in_flight: InFlightStep | None = None
+        self.steps_overlapped = 0   # steps left in flight while the next was planned (tests, metrics)
         self.verify_buckets = verify_buckets
         self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
         self.sampler_times = PackTimes()             # host seconds per sampler stage (grammar masks: metrics)
@@ -149,6 +159,7 @@ class Engine:
                      ) -> list[SequenceDelta]:
         deltas = []
         for seq in self.requests.pop(request_id, []):
+            drop_unresolved(seq)
             if not seq.finished:
                 seq.finish_reason = reason
                 self.scheduler.finish(seq)
@@ -163,43 +174,85 @@ class Engine:
     def step(self) -> list[SequenceDelta]:
         """One scheduling step: plain decodes, verifies and prefill chunks in one model pass.
 
-        Host work that depends on one request's own values (packing its row, appending and
+        Returns the deltas of the step read back during this call: the one before (in flight
+        while this one was planned and dispatched) or, when a step may not stay in flight, this
+        one. Host work that depends on one request's own values (packing its row, appending and
         detokenizing its token, its stop strings) is isolated: if it raises, that request ends
         with FinishReason.ERROR and the step goes on for the others. A failure of the model step
         itself is not any one request's: it propagates, and the caller fails everything.
         """
+        deltas: list[SequenceDelta] = []
+        if self._in_flight is not None and not self._may_stay_in_flight(self._in_flight):
+            deltas += self._read_back(self._take_in_flight())
         lookahead = self.speculation.lookahead(self.scheduler) if self.speculation else None
         plan = self.scheduler.schedule(lookahead)
-        deltas: list[SequenceDelta] = []
         work, inputs = self._pack(self._work(plan), deltas)
-        if not work:
-            return deltas
-        sampled, verified = self.runner.step(inputs)
+        launched = self._launch(inputs) if work else None
+        if self._in_flight is not None:
+            deltas += self._read_back(self._take_in_flight())
+        if launched is not None:
+            if self._may_stay_in_flight(launched):
+                self._in_flight = launched
+                self.steps_overlapped += 1
+            else:
+                deltas += self._read_back(launched)
+        return deltas
+
+    def _may_stay_in_flight(self, step: InFlightStep) -> bool:
+        return self.async_scheduling and self.handoff is None and not must_read_first(step)
+
+    def _take_in_flight(self) -> InFlightStep:
+        step, self._in_flight = self._in_flight, None
+        return step
+
+    def _launch(self, inputs: StepInputs) -> InFlightStep:
+        """Dispatch a step; record it in its sequences as if it had run (inflight.py)."""
+        fed = self._in_flight.launched.feed if self._in_flight is not None else None
+        launched = self.runner.launch(inputs, fed)
+        emits = [w.chunk is None or w.chunk.completes_prompt for w in inputs.sampled]
+        for row, (w, emit) in enumerate(zip(inputs.sampled, emits)):
+            self.scheduler.advance(w.seq, w.start + (w.chunk.length if w.chunk else 1))
+            if emit:
+                expect_token(w.seq, row)
+        return InFlightStep(inputs, launched, emits)
+
+    def _read_back(self, step: InFlightStep) -> list[SequenceDelta]:
+        """A dispatched step's tokens, each through the output processor (stop checks, text)."""
+        sampled, verified = step.launched.fetch()
+        inputs = step.inputs
         if self.speculation:
             self.speculation.observe(inputs.batch)
+        deltas: list[SequenceDelta] = []
         plain = [w for w in inputs.sampled if w.chunk is None]
         for i, w in enumerate(plain):
-            if not w.seq.finished:   # a sibling sample of a failed request ended it
-                self.scheduler.advance(w.seq, w.seq.num_computed + 1)
-                deltas += self._isolated(w.seq, lambda: [self.outputs.append_sampled(w.seq, sampled, i)])
+            deltas += self._take_token(w.seq, sampled, i)
         if inputs.verified:
             deltas += self._apply_verify(inputs.verified, verified)
         for i, w in enumerate(inputs.sampled[len(plain):], start=len(plain)):
-            chunk = w.chunk
-            if chunk.seq.finished:
-                continue
-            self.scheduler.advance(chunk.seq, chunk.start + chunk.length)
-            if chunk.completes_prompt:
-                deltas += self._isolated(chunk.seq, lambda: [self.outputs.append_sampled(chunk.seq, sampled, i)])
-                if self.handoff is not None and not chunk.seq.finished:
-                    self._hand_off(chunk.seq)
+            if step.emits[i]:
+                deltas += self._take_token(w.seq, sampled, i)
+                if self.handoff is not None and not w.seq.finished:
+                    self._hand_off(w.seq)
+        return deltas
+
+    def _take_token(self, seq: Sequence, sampled, row: int) -> list[SequenceDelta]:
+        """Row `row`'s token replaces seq's oldest placeholder, unless seq ended after the step
+        was dispatched (on the step before's token, an abort, a failed sibling): then it is dropped."""
+        if seq.finished:
+            return []
+        deltas = self._isolated(seq, lambda: [resolve_token(
+            seq, lambda: self.outputs.append_sampled(seq, sampled, row))])
+        if not seq.finished:
+            self.scheduler.publish(seq)   # pages that waited for this token's value
         return deltas
 
     def _work(self, plan) -> list[Work]:
         """The plan's rows: each decode with its proposal (if any), then the prefill chunks."""
         drafts = (self.speculation.propose(plan.decodes, plan.spec_lens) if self.speculation
                   else [None] * len(plan.decodes))
-        return ([Work(s, draft=d) for s, d in zip(plan.decodes, drafts)]
+        # A decode whose pending token is still in flight reads it on the device (inflight.py).
+        return ([Work(s, draft=d, feed=s.feed_row if s.num_unresolved else -1)
+                 for s, d in zip(plan.decodes, drafts)]
                 + [Work(c.seq, chunk=c) for c in plan.prefills])
 
     def _pack(self, work: list[Work], deltas: list[SequenceDelta]) -> tuple[list[Work], StepInputs | None]:

@@ -7,8 +7,10 @@ Every step (continuous batching):
   2. a budget of its own goes to prefill chunks: first sequences part-way through their
      prompt, then waiting sequences (preempted ones first), which look their prompt's full pages
      up in the prefix cache before anything is computed.
-update() then appends sampled tokens, publishes newly filled pages to the prefix cache and
-leaves finishing to the engine, which releases pages through finish().
+advance() records what a dispatched step computes and publishes newly filled pages of known
+tokens to the prefix cache (publish() catches up once an in-flight token is read back); finishing
+is left to the engine, which releases pages through finish(). With a step in flight a sequence
+may already hold its last token (unresolved): it is given no further step.
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ class Scheduler:
         for seq in list(self.running):
             if budget == 0:
                 break
-            if seq.status is not SeqStatus.RUNNING or not seq.is_decoding:
+            if seq.status is not SeqStatus.RUNNING or not seq.is_decoding or _output_complete(seq):
                 continue
             k = min(lookahead(seq), budget - 1) if lookahead else 0
             if not self._reserve(seq, seq.num_computed + 1 + k, preempt=True):
@@ -117,7 +119,7 @@ class Scheduler:
         for seq in list(self.running):
             if budget == 0 or len(plan.prefills) == self.max_prefill_seqs:
                 break
-            if seq.status is SeqStatus.RUNNING and not seq.is_decoding:
+            if seq.status is SeqStatus.RUNNING and not seq.is_decoding and not seq.num_unresolved:
                 chunk = self._plan_chunk(seq, budget)
                 if chunk:
                     plan.prefills.append(chunk)
@@ -126,6 +128,8 @@ class Scheduler:
         while (self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs
                and len(plan.prefills) < self.max_prefill_seqs):
             seq = self.waiting[0]
+            if seq.num_unresolved:   # preempted with a token in flight: its prompt is not known yet
+                break
             self._match_prefix(seq)
             chunk = self._plan_chunk(seq, budget)
             if chunk is None:
@@ -138,10 +142,11 @@ class Scheduler:
             plan.prefills.append(chunk)
             budget -= chunk.length
 
-        if plan.empty and self.running:
+        stuck = [s for s in self.running if not _output_complete(s)]
+        if plan.empty and stuck:
             # Everything running is stuck on pages: free the newest and try again.
-            self._preempt(self.running[-1])
-            return self.schedule(lookahead) if self.running else plan
+            self._preempt(stuck[-1])
+            return self.schedule(lookahead)
         return plan
 
     def _plan_chunk(self, seq: Sequence, budget: int) -> PrefillChunk | None:
@@ -204,11 +209,26 @@ class Scheduler:
 
     # -------------------------------------------------------------------------------- results
     def advance(self, seq: Sequence, num_computed: int) -> None:
-        """Record that seq's first num_computed tokens now have K/V; publish full pages."""
+        """Record that seq's first num_computed tokens have K/V (or will have: their step is
+        dispatched); publish the full pages whose tokens are all known."""
         seq.num_computed = num_computed
-        full = min(num_computed // self.page_size, len(seq.pages))
+        self.publish(seq)
+
+    def publish(self, seq: Sequence) -> None:
+        """Offer seq's full, computed pages of known tokens to the prefix cache (a page holding
+        an unresolved token waits until the token is read back)."""
+        full = min(min(seq.num_computed, seq.num_known) // self.page_size, len(seq.pages))
         if full > seq.num_published:
             self._extend_keys(seq, full)
             for i in range(seq.num_published, full):
                 self.allocator.register(seq.pages[i], seq.page_keys[i])
             seq.num_published = full
+
+
+def _output_complete(seq: Sequence) -> bool:
+    """seq's last token is already sampled (in flight): no further step is owed to it.
+
+    Only while a step is in flight can a running sequence be here; once its tokens are read
+    back it is finished (the engine caps max_tokens at the model length when it is added).
+    """
+    return len(seq.output_ids) >= seq.params.max_tokens

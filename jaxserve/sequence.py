@@ -9,6 +9,10 @@ from jaxserve.outputs import FinishReason, RequestMetrics, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
 
 
+# An output token sampled on the device whose value the host has not read yet.
+UNRESOLVED = -1
+
+
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -38,6 +42,11 @@ class Sequence:
     spec_misses: int = 0                # consecutive fully rejected proposals
     spec_skip: int = 0                  # decode steps left before proposing again
     grammar: Any = None                 # structured.GrammarState when the request is constrained
+    # Asynchronous scheduling: the last num_unresolved output_ids are UNRESOLVED placeholders for
+    # tokens sampled by steps still in flight; the newest is row feed_row of the in-flight step's
+    # sampled tokens, which the next step reads on the device (jaxserve/inflight.py).
+    num_unresolved: int = 0
+    feed_row: int = -1
 
     @property
     def all_ids(self) -> list[int]:
@@ -46,6 +55,11 @@ class Sequence:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_known(self) -> int:
+        """Leading tokens whose values the host has (all but the unresolved placeholders)."""
+        return self.num_tokens - self.num_unresolved
 
     @property
     def num_pending(self) -> int:

@@ -50,6 +50,8 @@ class Work:
     seq: Sequence
     draft: list[int] | None = None       # proposed tokens after the pending one
     chunk: PrefillChunk | None = None
+    feed: int = -1                       # the pending token is this row of the in-flight step's
+                                         # sampled tokens (read on the device); -1: known here
 
     @property
     def start(self) -> int:
@@ -91,6 +93,8 @@ class StepInputs:
     verified: list[Work]                  # verify rows, in token-row order
     verify_sampling: SamplingArrays | None = None   # verify_rows rows (None: no verify rows)
     judged: np.ndarray | None = None      # i32[verify_rows] the draft token each row judges
+    token_src: np.ndarray | None = None   # i32[T]: token t is row token_src[t] of the previous
+                                          # step's sampled tokens (-1: batch.tokens[t]); None: all -1
 
     @property
     def sample_rows(self) -> int:
@@ -235,8 +239,13 @@ def pack_step(work: list[Work], shapes: Shapes, shape: StepShape | None = None,
             verify_idx[row:row + len(w.ids)] = np.arange(first, first + len(w.ids))
             row += len(w.ids)
     batch.logits_indices = np.concatenate([sample_idx, verify_idx])
+    token_src = None
+    if any(w.feed >= 0 for w in short):
+        token_src = np.full(shape.tokens, -1, np.int32)
+        for w, first in zip(short, short_first):
+            token_src[first] = w.feed
 
-    inputs = dict(batch=batch, sampled=sampled, verified=verified,
+    inputs = dict(batch=batch, sampled=sampled, verified=verified, token_src=token_src,
                   sampling=build_sampling([w.seq for w in sampled], shape.sample_rows, shapes,
                                           times=times))
     if shape.verify_rows:

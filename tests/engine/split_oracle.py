@@ -46,20 +46,21 @@ SCENARIOS = {  # name: (engine overrides, prompts(tokenizer), params)
 }
 
 
-def run(name: str) -> tuple[list[list[int]], object]:
-    """Token ids of every output (n per prompt, in order) and the engine's stats."""
+def run(name: str, **extra) -> tuple[list[list[int]], object]:
+    """Token ids of every output (n per prompt, in order) and the engine (extra: more overrides)."""
     from tests.engine.conftest import make_llm
     overrides, prompts, params = SCENARIOS[name]
-    llm = make_llm("tiny-random", **overrides)
+    llm = make_llm("tiny-random", **overrides, **extra)
     outs = llm.generate(prompts(llm.tokenizer), params, use_tqdm=False)
     ids = [list(o.token_ids) for out in outs for o in (out.outputs if hasattr(out, "outputs") else [out])]
-    return ids, llm.engine.stats()
+    return ids, llm.engine
 
 
 if __name__ == "__main__":
     recorded = {}
     for name in SCENARIOS:
-        recorded[name], stats = run(name)
+        recorded[name], engine = run(name)
+        stats = engine.stats()
         print(name, stats.num_preemptions, stats.prefix_cache_hits, stats.spec_accepted_tokens, file=sys.stderr)
     with open(sys.argv[1], "w") as f:
         json.dump(recorded, f)

@@ -59,8 +59,8 @@ def test_bf16_head_gives_bf16_logits_products():
     low = ModelRunner(arch, params, 64, 16, jnp.float32, AttentionOptions("xla"), bf16_matmuls=True)
     low.params = {**low.params, "layers": f32.params["layers"]}   # only the head differs now
     batch = _decode_batch(2, 4)
-    logits_f32, _ = f32._model_step(f32.params, f32.kv, batch)
-    logits_low, _ = low._model_step(low.params, low.kv, batch)
+    logits_f32, _ = f32._model_step(*f32.model_args(batch))
+    logits_low, _ = low._model_step(*low.model_args(batch))
     assert logits_low.dtype == jnp.float32
     diff = np.abs(np.asarray(logits_low) - np.asarray(logits_f32))
     assert 0 < diff.max() < 0.05 * np.abs(np.asarray(logits_f32)).max()
@@ -92,7 +92,7 @@ def test_compiled_step_has_no_f32_copy_of_pools_or_kernels():
     params = init_random_params(arch, jax.random.PRNGKey(0))
     runner = ModelRunner(arch, params, 64, 16, jnp.float32, AttentionOptions("xla"),
                          bf16_matmuls=True, kv_dtype=jnp.bfloat16)
-    hlo = runner._model_step.lower(runner.params, runner.kv, _decode_batch(2, 4)).compile().as_text()
+    hlo = runner._model_step.lower(*runner.model_args(_decode_batch(2, 4))).compile().as_text()
     pool_f32 = "f32[" + ",".join(map(str, runner.kv.k.shape)) + "]"
     kernel_f32 = "f32[" + ",".join(map(str, runner.params["layers"]["w_up"]["kernel"].shape)) + "]"
     assert pool_f32 not in hlo
@@ -153,9 +153,9 @@ def test_one_row_logits_do_not_convert_the_bf16_head_to_f32():
     arch = tiny_arch()
     runner = ModelRunner(arch, init_random_params(arch, jax.random.PRNGKey(0)), 64, 16, jnp.float32,
                          AttentionOptions("xla"), bf16_matmuls=True)
-    hlo = runner._model_step.lower(runner.params, runner.kv, _one_row_prefill(16)).compile().as_text()
+    hlo = runner._model_step.lower(*runner.model_args(_one_row_prefill(16))).compile().as_text()
     head_f32 = "f32[" + ",".join(map(str, runner.params["lm_head"].shape)) + "]"
     made = [line for line in hlo.splitlines() if f"= {head_f32}" in line and "parameter(" not in line]
     assert not made, made
-    logits, _ = runner._model_step(runner.params, runner.kv, _one_row_prefill(16))
+    logits, _ = runner._model_step(*runner.model_args(_one_row_prefill(16)))
     assert logits.shape == (1, arch.vocab_size)
