@@ -240,6 +240,7 @@ def run_jaxserve(args) -> tuple[dict, list[list[int]], dict, str]:
 
     from jaxserve import LLM, SamplingParams
     from jaxserve.config import load_config, overrides_from_dotted
+    from jaxserve.loading import TINY_RANDOM
     from jaxserve.model.source import resolve_model_source
 
     dotted = engine_overrides(args)
@@ -300,7 +301,9 @@ def run_jaxserve(args) -> tuple[dict, list[list[int]], dict, str]:
         "overrides": dotted,
         "output_token_ids": [o.token_ids for o in outs],
     })
-    model_path = str(resolve_model_source(config.model.source))
+    # The tiny random model is built in memory: no file to name (or give a peer).
+    model_path = (config.model.source if config.model.source == TINY_RANDOM
+                  else str(resolve_model_source(config.model.source)))
     return figures, prompts, corpus, model_path
 
 
