@@ -182,8 +182,6 @@ class Engine:
         itself is not any one request's: it propagates, and the caller fails everything.
         """
         deltas: list[SequenceDelta] = []
-        if self._in_flight is not None and not self._may_stay_in_flight(self._in_flight):
-            deltas += self._read_back(self._take_in_flight())
         lookahead = self.speculation.lookahead(self.scheduler) if self.speculation else None
         plan = self.scheduler.schedule(lookahead)
         work, inputs = self._pack(self._work(plan), deltas)
@@ -199,6 +197,7 @@ class Engine:
         return deltas
 
     def _may_stay_in_flight(self, step: InFlightStep) -> bool:
+        # Decided once, at dispatch: nothing it depends on changes while the step is in flight.
         return self.async_scheduling and self.handoff is None and not must_read_first(step)
 
     def _take_in_flight(self) -> InFlightStep:

@@ -77,7 +77,6 @@ class ModelRunner:
         feed_rows: the most sampled rows a step has (the device-side token feed's length).
         """
         self.arch = arch
-        self.feed_rows = feed_rows
         self._no_feed = jnp.zeros(feed_rows, jnp.int32)
         self.mesh = mesh
         family = get_family(arch.family)
