@@ -28,6 +28,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
 
 from jaxserve import tokenizer_spm
+from jaxserve.model.gguf_metadata import read_gguf_metadata
 from jaxserve.sampling_defaults import model_defaults
 
 # llama.cpp `llama_token_type` values stored in `tokenizer.ggml.token_type`.
@@ -127,9 +128,10 @@ def _read_gguf_fields(path: str | Path) -> dict[str, Any]:
     """The `tokenizer.*` metadata and `general.architecture` of a GGUF file, as plain Python
     values (shared between callers: do not modify).
 
-    GGUFReader slices a memmap once per string (about 5 s for SmolLM2's 49k tokens and merges),
-    so a process that builds several engines on one file parses it once. The key includes the
-    file's size and mtime: a file rewritten in place is read again.
+    Parsing takes about 0.1 s for SmolLM2's 49k tokens and merges (gguf.GGUFReader took 5-7 s,
+    see model/gguf_metadata.py); the cache still spares a process that builds several engines
+    on one file the repeat. The key includes the file's size and mtime: a file rewritten in
+    place is read again.
     """
     stat = Path(path).stat()
     return _gguf_fields(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
@@ -137,11 +139,7 @@ def _read_gguf_fields(path: str | Path) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _gguf_fields(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
-    from gguf import GGUFReader  # imported here: only GGUF loading needs it
-
-    reader = GGUFReader(path)
-    return {name: field.contents() for name, field in reader.fields.items()
-            if name.startswith("tokenizer.") or name == "general.architecture"}
+    return read_gguf_metadata(path, lambda name: name.startswith("tokenizer.") or name == "general.architecture")
 
 
 def _token_content(token: Any) -> str | None:
