@@ -42,6 +42,7 @@ from jaxserve.step_inputs import Shapes, StepInputs, Work, bucket, pack_step
 from jaxserve.structured import GrammarCompiler, GrammarState, StructuredOutput
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
 from jaxserve.warmup import example_sequence, warmup_runner, warmup_sampling
+from pallas_kernels.dispatch import reads_whole_table
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class Engine:
             decode_buckets=decode_buckets, prefill_buckets=tuple(sched.prefill_buckets),
             max_prefill_seqs=max_prefill_seqs, history_len=self.max_model_len,
             spec_tokens=spec_tokens, verify_buckets=verify_buckets,
-            mixed_decode_slots=bucket(sched.max_num_seqs, decode_buckets))
+            mixed_decode_slots=bucket(sched.max_num_seqs, decode_buckets),
+            single_table_width=not reads_whole_table(config.kernel.attention_impl, config.kernel.interpret))
         self.scheduler = Scheduler(sched, cache, max_prefill_seqs)
         self.runner = ModelRunner(arch, params, cache.num_pages, cache.page_size,
                                   jnp.dtype(config.model.dtype),

@@ -113,6 +113,10 @@ class Shapes:
     spec_tokens: int = 0        # k of speculative decoding (0: off)
     verify_buckets: tuple[int, ...] = ()   # decode buckets a verifying step can have
     mixed_decode_slots: int = 0            # decode rows of a step with chunks (0: largest bucket)
+    # One block-table width (max_pages_per_seq) for every batch: for attention whose cost does not
+    # grow with the width (pallas_kernels.dispatch.reads_whole_table), it divides the programs
+    # to build by the number of widths (5 for SmolLM2's 2,048 tokens) at no cost per step.
+    single_table_width: bool = False
 
     @property
     def verify_q(self) -> int:
@@ -120,6 +124,8 @@ class Shapes:
         return pow2_at_least(1 + self.spec_tokens)
 
     def table_width(self, pages: int) -> int:
+        if self.single_table_width:
+            return self.max_pages_per_seq
         return min(pow2_at_least(pages, MIN_TABLE_PAGES), self.max_pages_per_seq)
 
     @property

@@ -38,6 +38,14 @@ def choose_impl(impl: str, interpret: bool = False) -> str:
     return impl
 
 
+def reads_whole_table(impl: str, interpret: bool = False) -> bool:
+    """Whether an implementation's cost grows with the block table's width, not only with the
+    pages the sequences hold. The blocked XLA path stops at the last page any row needs, so a
+    caller may give it one full-width table shape; the references gather the whole table and the
+    GPU decode kernel splits its key loop over the width, so those want tables cut to size."""
+    return choose_impl(impl, interpret) != "xla"
+
+
 def _kernel_module(kernel: str, impl: str):
     return importlib.import_module(f"pallas_kernels.{kernel}.{_MODULES[impl]}")
 
