@@ -28,6 +28,7 @@ reports 503, and `jaxserve serve` exits non-zero so that a supervisor restarts i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import concurrent.futures
 import logging
 import queue
@@ -92,7 +93,10 @@ class AsyncEngine:
         self.max_model_len: int = engine.max_model_len
         self.max_waiting = max_waiting if max_waiting is not None else engine.config.scheduler.max_waiting
         self.grammars = engine.grammars
-        self.warmup_time_s: float | None = None
+        self.warmup_time_s: float | None = None   # until ready (the first programs, or all)
+        self.programs_pending = 0                  # warm-up tasks left to the background thread
+        # Seconds per start phase (load phases from make_engine, then warm-up), also on /metrics.
+        self.start_phases: dict[str, float] = dict(getattr(engine, "start_phases", {}))
         self.error: BaseException | None = None
 
         self._inbox: queue.SimpleQueue[_Add | _Abort] = queue.SimpleQueue()
@@ -109,12 +113,17 @@ class AsyncEngine:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, warmup: bool = True) -> None:
-        """Start the engine thread (idempotent); it warms the engine up first when asked."""
+    def start(self, warmup: bool = True, background: bool = False) -> None:
+        """Start the engine thread (idempotent); it warms the engine up first when asked.
+
+        background: report ready once the programs a lone first request needs are built, and
+          build the rest on another thread while serving (a step needing one not built yet
+          builds it, or waits for the build under way).
+        """
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, args=(warmup,), name="jaxserve-engine",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(warmup, background),
+                                        name="jaxserve-engine", daemon=True)
         self._thread.start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -157,7 +166,7 @@ class AsyncEngine:
 
     def stats(self) -> EngineStats:
         """The snapshot taken by the engine thread after its last step or command."""
-        return self._stats
+        return dataclasses.replace(self._stats, programs_pending=self.programs_pending)
 
     def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Synchronous admission checks; raises ValueError naming the field, or a state error."""
@@ -242,14 +251,41 @@ class AsyncEngine:
                 self._pending_adds += 1
             self._wake.notify()
 
-    def _run(self, warmup: bool) -> None:
+    def _warm_up(self, background: bool) -> None:
+        t0 = time.perf_counter()
+        plan = self.engine.warmup_plan()
+        now, later = (plan.first, plan.rest) if background else (plan.first + plan.rest, [])
+        for task in now:
+            task()
+        self.warmup_time_s = time.perf_counter() - t0
+        self._phase("warmup", self.warmup_time_s)
+        if later:
+            self.programs_pending = len(later)
+            threading.Thread(target=self._build_in_background, args=(later,),
+                             name="jaxserve-compile", daemon=True).start()
+
+    def _build_in_background(self, tasks) -> None:
+        t0 = time.perf_counter()
+        for i, task in enumerate(tasks):
+            if self._stop or self.error is not None:
+                return
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - the step that needs the program builds it itself
+                logger.exception("a background warm-up task failed")
+            if i == len(tasks) - 1:   # before pending reads 0, so whoever sees 0 sees the phase
+                self._phase("warmup_background", time.perf_counter() - t0)
+            self.programs_pending -= 1
+
+    def _phase(self, name: str, seconds: float) -> None:
+        self.start_phases[name] = seconds
+        logger.info("start phase %s: %.2f s", name, seconds)
+
+    def _run(self, warmup: bool, background: bool) -> None:
         """The engine thread: warm up, then loop over commands and steps until stopped."""
         try:
             if warmup:
-                t0 = time.perf_counter()
-                self.engine.warmup()
-                self.warmup_time_s = time.perf_counter() - t0
-                logger.info("engine warm-up took %.1f s", self.warmup_time_s)
+                self._warm_up(background)
             self._stats = self.engine.stats()
             self._ready.set()
             while True:

@@ -5,10 +5,11 @@
 
 Flags override the YAML file, which overrides the defaults in config.py; `--set key=value`
 reaches any config field by its dotted name (`--set cache.num_pages=1024`). Both commands turn
-on JAX's persistent compilation cache ($JAXSERVE_CACHE/xla, by default ~/.cache/jaxserve/xla), so a
-restart skips most compiles.
-`serve` loads the model, starts HTTP at once (/health answers 503 while warming up), compiles
-every bucket, then logs the URL; SIGTERM stops new requests, drains those in flight, then exits.
+on the engine's executable store ($JAXSERVE_CACHE/executables, by default ~/.cache/jaxserve/...)
+and JAX's persistent compilation cache ($JAXSERVE_CACHE/xla), so a restart compiles nothing.
+`serve` loads the model, starts HTTP at once (/health answers 503 while warming up), builds the
+programs a first request needs, then answers ready and logs the URL while the rest build in the
+background (server.warmup_in_background: false waits for all); SIGTERM stops new requests, drains those in flight, then exits.
 If the engine thread dies, every request in flight fails and `serve` exits with status 1.
 
 Disaggregated over processes (jaxserve/disagg/router.py tells the life of a request):
@@ -92,9 +93,14 @@ def request_host_devices(config: EngineConfig) -> None:
 
 
 def enable_compilation_cache(path: Path | None = None) -> None:
-    """Keep compiled XLA programs on disk (default: cache_dir()/xla) so the next start loads them."""
+    """Keep compiled programs on disk so the next start loads them: the engine's step programs
+    as whole executables (cache_dir()/executables, see executable_store.py), and everything XLA
+    compiles in JAX's persistent cache (path, default cache_dir()/xla)."""
     import jax
 
+    from jaxserve import executable_store
+
+    executable_store.enable(cache_dir() / "executables")
     path = cache_dir() / "xla" if path is None else path
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))

@@ -171,7 +171,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None     # also from JAXSERVE_API_KEY; None: no auth
-    warmup: bool = True            # compile every bucket before reporting ready
+    warmup: bool = True            # build every step program before serving requests
+    # Report ready once the programs a lone first request needs are built (seconds, not minutes)
+    # and build the rest on a background thread while serving; a request needing a program not
+    # built yet waits for it. What an autoscaled fleet wants; false: ready only when all are built.
+    warmup_in_background: bool = True
     # Bodies past this answer 413 before they are parsed (4 MiB is ~1M tokens of text, far past
     # any context we serve); the parse itself runs on the event loop, so it must stay small.
     max_request_bytes: int = 4 * 1024 * 1024

@@ -41,7 +41,7 @@ from jaxserve.spec.verify import accepted_tokens
 from jaxserve.step_inputs import Shapes, StepInputs, Work, bucket, pack_step
 from jaxserve.structured import GrammarCompiler, GrammarState, StructuredOutput
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
-from jaxserve.warmup import example_sequence, warmup_runner, warmup_sampling
+from jaxserve.warmup import WarmupPlan, example_sequence, runner_plan
 from pallas_kernels.dispatch import reads_whole_table
 
 log = logging.getLogger(__name__)
@@ -378,18 +378,24 @@ class Engine:
             num_preemptions=self.scheduler.num_preemptions,
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.outputs.generation_tokens_total,
-            compile_count=self.runner.compiles.count, compile_time_s=self.runner.compiles.seconds,
+            program_count=self.runner.compiles.count, compile_count=self.runner.compiles.compiled,
+            programs_loaded=self.runner.compiles.loaded, compile_time_s=self.runner.compiles.seconds,
             spec_proposed_tokens=self.speculation.proposed if self.speculation else 0,
             spec_accepted_tokens=self.speculation.accepted if self.speculation else 0,
             grammar_mask_time_s=self.sampler_times.seconds.get("grammar_mask", 0.0),
             grammar_mask_batches=self.sampler_times.batches.get("grammar_mask", 0))
 
     def warmup(self) -> None:
-        warmup_runner(self.runner, self.shapes)
-        warmup_sampling(self.runner, self.shapes, self._sampling_examples())
+        self.warmup_plan().run()
+
+    def warmup_plan(self) -> WarmupPlan:
+        """Tasks building every program a step can reach (warmup.py); none runs the model, so
+        `rest` may run on another thread while this engine serves."""
+        plan = runner_plan(self.runner, self.shapes, self._sampling_examples())
         proposer = self.speculation.proposer if self.speculation else None
         if proposer is not None and hasattr(proposer, "runner"):
-            warmup_runner(proposer.runner, self.shapes, model_only=True)
+            plan = plan + runner_plan(proposer.runner, self.shapes, model_only=True)
+        return plan
 
     def _sampling_examples(self) -> list[Sequence]:
         """The request kinds whose sampler programs warm-up compiles besides greedy: the server's

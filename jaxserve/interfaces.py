@@ -20,6 +20,7 @@ from jaxserve.outputs import EngineStats, SequenceDelta
 from jaxserve.sampling_params import SamplingParams
 from jaxserve.structured import GrammarCompiler
 from jaxserve.tokenizer import Tokenizer
+from jaxserve.warmup import WarmupPlan
 
 
 class StepEngine(Protocol):
@@ -50,6 +51,10 @@ class StepEngine(Protocol):
     def warmup(self) -> None:
         """Compile every step shape the config allows, so no request waits for a compile."""
 
+    def warmup_plan(self) -> WarmupPlan:
+        """warmup() as tasks: `first` (what a lone first request needs) must run on the thread
+        that steps the engine; `rest` only builds programs and may run on another thread."""
+
 
 class ServingEngine(Protocol):
     config: EngineConfig
@@ -60,7 +65,9 @@ class ServingEngine(Protocol):
     warmup_time_s: float | None          # None until warm-up has finished
     error: BaseException | None          # set once the engine has failed for good
 
-    def start(self, warmup: bool = True) -> None: ...
+    def start(self, warmup: bool = True, background: bool = False) -> None:
+        """Start serving; warm up first when asked (background: ready after the programs a
+        first request needs, the rest built while serving)."""
 
     def wait_ready(self, timeout: float | None = None) -> bool: ...
 

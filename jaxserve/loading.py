@@ -1,6 +1,7 @@
 """load_model(config) -> (arch, params, tokenizer, served name): checkpoint, tokenizer and cache."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -19,23 +20,43 @@ log = logging.getLogger(__name__)
 TINY_RANDOM = "tiny-random"   # 2-layer random weights + the SmolLM2 tokenizer: fast logic tests
 
 
-def load_model(config: EngineConfig) -> tuple[ModelArch, dict, Tokenizer, str]:
+def load_model(config: EngineConfig, phases: dict[str, float] | None = None
+               ) -> tuple[ModelArch, dict, Tokenizer, str]:
+    """phases: where to add the seconds of each part (fetch, weights, tokenizer) of the load."""
     source = config.model.source
     t0 = time.perf_counter()
+    timed = _PhaseTimer(phases if phases is not None else {})
     if source == TINY_RANDOM:
-        tok_path = resolve_model_source(next(iter(KNOWN_MODELS)))
-        tokenizer = Tokenizer.from_gguf(tok_path)
+        with timed("fetch"):
+            tok_path = resolve_model_source(next(iter(KNOWN_MODELS)))
+        with timed("tokenizer"):
+            tokenizer = Tokenizer.from_gguf(tok_path)
         arch = tiny_arch(vocab_size=tokenizer.vocab_size)
-        params = get_family(arch.family).init_random_params(arch, jax.random.key(config.seed))
+        with timed("weights"):
+            params = get_family(arch.family).init_random_params(arch, jax.random.key(config.seed))
         name = TINY_RANDOM
     else:
-        path = resolve_model_source(source)
+        with timed("fetch"):
+            path = resolve_model_source(source)
         ckpt_dir = Path(config.model.checkpoint_dir) if config.model.checkpoint_dir else cache_dir() / "params"
-        arch, params = load_checkpoint(path, config.model.dtype, ckpt_dir)
-        tokenizer = Tokenizer.from_gguf(path) if path.suffix == ".gguf" else Tokenizer.from_hf_dir(path)
+        with timed("weights"):   # converted from the source, or restored from the param cache
+            arch, params = load_checkpoint(path, config.model.dtype, ckpt_dir)
+        with timed("tokenizer"):
+            tokenizer = Tokenizer.from_gguf(path) if path.suffix == ".gguf" else Tokenizer.from_hf_dir(path)
         name = source if source in KNOWN_MODELS else path.stem
     log.info("loaded %s in %.1f s: %s", source, time.perf_counter() - t0, arch)
     return arch, params, tokenizer, config.model.served_model_name or name
+
+
+class _PhaseTimer:
+    def __init__(self, phases: dict[str, float]):
+        self.phases = phases
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
 
 
 def load_draft(config: EngineConfig, vocab_size: int) -> tuple[ModelArch, dict]:

@@ -32,6 +32,28 @@ E2E_BUCKETS_S = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 
                  40.0, 50.0, 60.0, 120.0, 240.0)
 
 
+class StartPhasesCollector(Collector):
+    """jaxserve:start_phase_seconds{phase=...}: where a start's time went (load, warm-up, ...)."""
+
+    def __init__(self, phases: Callable[[], dict[str, float]]):
+        self._phases = phases
+
+    def describe(self) -> list[Metric]:
+        return [self._family({})]
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self._phases())
+
+    @staticmethod
+    def _family(phases: dict[str, float]) -> Metric:
+        family = GaugeMetricFamily("jaxserve:start_phase_seconds",
+                                   "Seconds each phase of the start took (fetch, weights, tokenizer, "
+                                   "device, warmup until ready, warmup_background).", labels=["phase"])
+        for name, seconds in phases.items():
+            family.add_metric([name], seconds)
+        return family
+
+
 class EngineStatsCollector(Collector):
     """Exposes an EngineStats snapshot as gauges and counters, read when /metrics is scraped."""
 
@@ -59,8 +81,14 @@ class EngineStatsCollector(Collector):
                     s.kv_cache_usage)
         yield gauge("prefix_cache_hit_rate", "Prefix-cache hits / queries since start (pages).",
                     hit_rate)
-        yield gauge("compile_count", "XLA programs compiled by the engine.", s.compile_count)
-        yield gauge("compile_time_seconds", "Seconds the engine spent compiling.", s.compile_time_s)
+        yield gauge("program_count", "Step programs the engine has built (compiled, loaded or shared).",
+                    s.program_count)
+        yield gauge("compile_count", "Step programs compiled by XLA in this process.", s.compile_count)
+        yield gauge("programs_loaded", "Step programs loaded from the executable store.", s.programs_loaded)
+        yield gauge("programs_pending", "Step programs still to build in the background.",
+                    s.programs_pending)
+        yield gauge("compile_time_seconds", "Seconds the engine spent building step programs.",
+                    s.compile_time_s)
         yield counter("prompt_tokens", "Prompt tokens processed.", s.prompt_tokens_total)
         yield counter("generation_tokens", "Tokens generated.", s.generation_tokens_total)
         yield counter("num_preemptions", "Sequences preempted for lack of KV pages.", s.num_preemptions)
@@ -88,7 +116,8 @@ class ServerMetrics:
         stats: returns the engine's latest EngineStats; called on every scrape.
     """
 
-    def __init__(self, stats: Callable[[], EngineStats]):
+    def __init__(self, stats: Callable[[], EngineStats],
+                 start_phases: Callable[[], dict[str, float]] = dict):
         self.registry = CollectorRegistry()
         r = self.registry
         self.time_to_first_token = Histogram(
@@ -107,9 +136,10 @@ class ServerMetrics:
             "jaxserve:startup_time_seconds", "Seconds from process start to ready (load + warm-up).",
             registry=r)
         self.warmup_time = Gauge(
-            "jaxserve:warmup_time_seconds", "Seconds spent compiling every bucket before ready.",
+            "jaxserve:warmup_time_seconds", "Seconds spent building step programs before ready.",
             registry=r)
         r.register(EngineStatsCollector(stats))
+        r.register(StartPhasesCollector(start_phases))
 
     def render(self) -> bytes:
         """The exposition text of every metric of this app."""

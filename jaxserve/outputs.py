@@ -105,8 +105,11 @@ class EngineStats:
     num_preemptions: int = 0
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
-    compile_count: int = 0
-    compile_time_s: float = 0.0
+    program_count: int = 0             # programs built (compiled, loaded or shared); steady: constant
+    compile_count: int = 0             # of those, compiled by XLA in this process
+    programs_loaded: int = 0           # of those, deserialized from the executable store
+    compile_time_s: float = 0.0        # seconds spent building programs
+    programs_pending: int = 0          # still to build in the background after ready
     spec_proposed_tokens: int = 0
     spec_accepted_tokens: int = 0
     kv_transfer_bytes: int = 0         # disaggregated: KV bytes moved prefill -> decode

@@ -15,36 +15,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxserve import executable_store
 from jaxserve.kv_cache import KVPages, allocate_kv_pages
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.attention import AttentionOptions, ModelBatch
 from jaxserve.model.layers import with_bf16_matmuls
 from jaxserve.model.registry import get_family
+from jaxserve.programs import CompileCounter, StepFunction
 from jaxserve.sampler import SampleResult, SamplingArrays, sample
 from jaxserve.spec.verify import VerifyResult, verify
 from jaxserve.step_inputs import StepInputs
 
 log = logging.getLogger(__name__)
-
-
-class CompileCounter:
-    """Counts traces of the jitted steps: a Python side effect runs only when JAX traces."""
-
-    def __init__(self):
-        self.count = 0
-        self.seconds = 0.0
-        self.keys: list[str] = []
-
-    def traced(self, what: str) -> None:
-        self.count += 1
-        self.keys.append(what)
-        log.info("compiling %s (compile #%d)", what, self.count)
 
 
 @dataclasses.dataclass
@@ -77,11 +64,18 @@ class ModelRunner:
         feed_rows: the most sampled rows a step has (the device-side token feed's length).
         """
         self.arch = arch
+        # On a mesh the feed is placed (replicated) and the sampler's kept there, so a step fed
+        # from the host and one fed from the device share one program.
+        feed_sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         self._no_feed = jnp.zeros(feed_rows, jnp.int32)
+        if feed_sharding is not None:
+            self._no_feed = jax.device_put(self._no_feed, feed_sharding)
         self.mesh = mesh
         family = get_family(arch.family)
         forward = family.forward
-        params = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(dtype), params)
+        # Restored params are already arrays of the right dtype: convert only what differs.
+        params = jax.tree_util.tree_map(lambda x: x if x.dtype == dtype else np.asarray(x).astype(dtype),
+                                        params)
         if bf16_matmuls and jnp.dtype(dtype) != jnp.bfloat16:
             params = with_bf16_matmuls(params)
         if mesh is None:
@@ -94,30 +88,44 @@ class ModelRunner:
                                         sharding=kv_sharding(mesh, arch.num_kv_heads))
         self.opts = opts
         self.compiles = CompileCounter()
-        counter = self.compiles
 
         def model_step(params, kv: KVPages, batch: ModelBatch, fed, token_src):
-            counter.traced(f"model {batch.describe()}")
             tokens = jnp.where(token_src >= 0, fed[jnp.maximum(token_src, 0)], batch.tokens)
             return forward(params, kv, dataclasses.replace(batch, tokens=tokens), arch=arch, opts=opts)
 
         # The step's logits rows: the sampled ones first, then the verified ones (step_inputs).
         def sample_step(logits, arrays: SamplingArrays, rows: int):
             # rows is static: with every stage off the arrays hold no per-row array to size it by.
-            counter.traced(f"sampler B={rows} stages={','.join(arrays.active())} "
-                           f"logprobs={arrays.num_logprobs}")
             result = sample(logits[:rows], arrays)
             n = min(rows, feed_rows)
-            return result, jnp.zeros(feed_rows, jnp.int32).at[:n].set(result.tokens[:n])
+            feed = jnp.zeros(feed_rows, jnp.int32).at[:n].set(result.tokens[:n])
+            if feed_sharding is not None:
+                feed = jax.lax.with_sharding_constraint(feed, feed_sharding)
+            return result, feed
 
         def verify_step(logits, arrays: SamplingArrays, judged):
             rows = judged.shape[0]
-            counter.traced(f"verifier R={rows} stages={','.join(arrays.active())}")
             return verify(logits[logits.shape[0] - rows:], arrays, judged)
 
-        self._model_step = jax.jit(model_step, donate_argnames=("kv",))
-        self._sample_step = jax.jit(sample_step, static_argnames=("rows",))
-        self._verify_step = jax.jit(verify_step)
+        # What the programs close over: with the package's source and the machine
+        # (executable_store.fingerprint), what makes a stored program valid for these arguments.
+        devices = sorted(d.id for d in jax.tree_util.tree_leaves(self.kv)[0].sharding.device_set)
+        fingerprint = executable_store.fingerprint(arch, opts, feed_rows, devices)
+        root = executable_store.enabled_root()
+        store = executable_store.ExecutableStore(root, fingerprint) if root is not None else None
+
+        def step_fn(name, fn, describe, **jit_kw):
+            return StepFunction(name, jax.jit(fn, **jit_kw), describe, self.compiles, fingerprint, store)
+
+        self._model_step = step_fn(
+            "model", model_step, lambda a, s: f"model {a[2].describe()}", donate_argnames=("kv",))
+        self._sample_step = step_fn(
+            "sampler", sample_step, lambda a, s: (
+                f"sampler B={s['rows']} stages={','.join(a[1].active())} logprobs={a[1].num_logprobs}"),
+            static_argnames=("rows",))
+        self._verify_step = step_fn(
+            "verifier", verify_step,
+            lambda a, s: f"verifier R={a[2].shape[0]} stages={','.join(a[1].active())}")
 
     def launch(self, inputs: StepInputs, fed: jax.Array | None = None) -> LaunchedStep:
         """Dispatch one model pass over a step's ragged batch, then sampling and verification
@@ -125,8 +133,6 @@ class ModelRunner:
 
         fed: the previous step's LaunchedStep.feed, where inputs.token_src points (None: unused).
         """
-        before = self.compiles.count
-        t0 = time.perf_counter()
         src = inputs.token_src if inputs.token_src is not None else _host_tokens(len(inputs.batch.tokens))
         logits, self.kv = self._model_step(self.params, self.kv, inputs.batch,
                                            self._no_feed if fed is None else fed, src)
@@ -136,8 +142,6 @@ class ModelRunner:
             verified = self._verify_step(logits, inputs.verify_sampling, inputs.judged)
         for leaf in jax.tree_util.tree_leaves((sampled, verified)):
             leaf.copy_to_host_async()
-        if self.compiles.count != before:   # tracing and compiling are synchronous
-            self.compiles.seconds += time.perf_counter() - t0
         return LaunchedStep(sampled, verified, feed)
 
     def step(self, inputs: StepInputs) -> tuple[SampleResult, VerifyResult | None]:
@@ -145,8 +149,8 @@ class ModelRunner:
         return self.launch(inputs).fetch()
 
     def model_args(self, batch: ModelBatch) -> tuple:
-        """_model_step's arguments for a batch whose tokens all come from the host (tests lower
-        the program with these)."""
+        """_model_step's arguments for a batch whose tokens all come from the host (tests get
+        its program with `_model_step.program(*model_args(batch))`)."""
         return self.params, self.kv, batch, self._no_feed, _host_tokens(len(batch.tokens))
 
     def _model(self, batch: ModelBatch):
@@ -156,21 +160,23 @@ class ModelRunner:
 
     def run(self, batch: ModelBatch, arrays: SamplingArrays) -> SampleResult:
         """Run the model on a batch whose logits rows are all sampled (a draft model's step)."""
-        before = self.compiles.count
-        t0 = time.perf_counter()
         logits = self._model(batch)
-        result = jax.device_get(self._sample_step(logits, arrays, rows=len(batch.logits_indices))[0])
-        if self.compiles.count != before:
-            self.compiles.seconds += time.perf_counter() - t0
-        return result
+        return jax.device_get(self._sample_step(logits, arrays, rows=len(batch.logits_indices))[0])
 
-    def sample_only(self, logits, arrays: SamplingArrays, rows: int) -> SampleResult:
-        """The sampler alone over given logits (warm-up compiles its variants this way)."""
-        return jax.device_get(self._sample_step(jnp.asarray(logits), arrays, rows=rows)[0])
+    # ---- building programs without running them (warm-up; safe on another thread) ----------
 
-    def verify_only(self, logits, arrays: SamplingArrays, judged) -> VerifyResult:
-        """The verifier alone over given logits (warm-up)."""
-        return jax.device_get(self._verify_step(jnp.asarray(logits), arrays, jnp.asarray(judged)))
+    def prepare_model(self, batch: ModelBatch) -> jax.ShapeDtypeStruct:
+        """Build the model pass for batch's layout; returns the layout of its logits."""
+        logits = self._model_step.program(*self.model_args(batch)).out_info[0]
+        # Outputs are committed to their devices only where an input was: on a mesh (placed params).
+        return jax.ShapeDtypeStruct(logits.shape, logits.dtype,
+                                    sharding=logits.sharding if self.mesh is not None else None)
+
+    def prepare_sampler(self, logits: jax.ShapeDtypeStruct, arrays: SamplingArrays, rows: int) -> None:
+        self._sample_step.program(logits, arrays, rows=rows)
+
+    def prepare_verifier(self, logits: jax.ShapeDtypeStruct, arrays: SamplingArrays, judged) -> None:
+        self._verify_step.program(logits, arrays, np.asarray(judged))
 
     def forward_only(self, batch: ModelBatch) -> None:
         """Write a batch's K/V without sampling (a draft model keeping its cache in step)."""

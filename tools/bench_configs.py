@@ -51,16 +51,16 @@ def _child(config: str, colocated: bool, prompt_len: int, output_len: int, batch
 
     first_s = timed([prompts[0]])
     timed(prompts[2:2 + batch])              # warm-up of the batch's shapes, untimed
-    compiles_before = llm.engine.stats().compile_count
+    compiles_before = llm.engine.stats().program_count
     alone_s = timed([prompts[1]])
     batch_s = timed(prompts[2 + batch:])
-    timed_compiles = llm.engine.stats().compile_count - compiles_before
+    timed_compiles = llm.engine.stats().program_count - compiles_before
     cfg = load_config(config)
     return {"config": config, "mode": "colocated" if colocated or cfg.disagg.mode == "colocated"
             else "disaggregated", "load_s": round(load_s, 2), "first_request_s": round(first_s, 2),
             "alone_tok_s": round(output_len / alone_s, 2),
             "batch_tok_s": round(batch * output_len / batch_s, 2),
-            "compiles": llm.engine.stats().compile_count, "compiles_while_timed": timed_compiles}
+            "compiles": llm.engine.stats().program_count, "compiles_while_timed": timed_compiles}
 
 
 def _run(config: str, colocated: bool, args) -> dict:

@@ -266,7 +266,7 @@ def run_jaxserve(args) -> tuple[dict, list[list[int]], dict, str]:
                      use_tqdm=False)
         warmup_s["generate"] = time.perf_counter() - t0
         print(f"warmup: {warmup_s['buckets']:.1f} s engine.warmup(), {warmup_s['generate']:.1f} s "
-              f"generate; {engine.stats().compile_count} programs compiled", flush=True)
+              f"generate; {engine.stats().program_count} programs built", flush=True)
 
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
     before = engine.stats()
@@ -282,10 +282,10 @@ def run_jaxserve(args) -> tuple[dict, list[list[int]], dict, str]:
     kv = engine.runner.kv
     figures.update({
         **contention.figures, "load_s": load_s, "warmup_s": warmup_s,
-        "compiles_timed": after.compile_count - before.compile_count,
+        "compiles_timed": after.program_count - before.program_count,
         "compile_s_timed": after.compile_time_s - before.compile_time_s,
-        "compiles_total": after.compile_count,
-        "compiled_in_timed_run": engine.runner.compiles.keys[before.compile_count:],
+        "compiles_total": after.program_count,
+        "compiled_in_timed_run": engine.runner.compiles.keys[before.program_count:],
         "prefix_cache_queries_timed": after.prefix_cache_queries - before.prefix_cache_queries,
         "prefix_cache_hits_timed": after.prefix_cache_hits - before.prefix_cache_hits,
         "preemptions_timed": after.num_preemptions - before.num_preemptions,

@@ -31,6 +31,7 @@ from jaxserve.sampling_params import SamplingParams
 from jaxserve.sequence import SeqStatus, Sequence
 from jaxserve.sharding import kv_sharding, make_mesh
 from jaxserve.tokenizer import IncrementalDetokenizer, Tokenizer
+from jaxserve.warmup import WarmupPlan
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +112,23 @@ class DisaggregatedEngine:
             num_preemptions=p.num_preemptions + d.num_preemptions,
             prompt_tokens_total=p.prompt_tokens_total,
             generation_tokens_total=p.generation_tokens_total + d.generation_tokens_total,
+            program_count=p.program_count + d.program_count,
             compile_count=p.compile_count + d.compile_count,
+            programs_loaded=p.programs_loaded + d.programs_loaded,
             compile_time_s=p.compile_time_s + d.compile_time_s,
             spec_proposed_tokens=d.spec_proposed_tokens, spec_accepted_tokens=d.spec_accepted_tokens,
             kv_transfer_bytes=self.transfer.bytes_total, kv_transfers=self.transfer.transfers)
 
     def warmup(self) -> None:
-        with self._lock:
-            self.prefill.warmup()
-            self.decode.warmup()
-            self.decode.runner.kv = self.transfer.warmup(
-                self.prefill.runner.kv, self.decode.runner.kv, self.decode.shapes.max_pages_per_seq)
+        self.warmup_plan().run()
+
+    def warmup_plan(self) -> WarmupPlan:
+        """Both sides' programs; the KV transfer's gather/scatter (which run on the pools) first."""
+        def transfer() -> None:
+            with self._lock:
+                self.decode.runner.kv = self.transfer.warmup(
+                    self.prefill.runner.kv, self.decode.runner.kv, self.decode.shapes.max_pages_per_seq)
+        return self.prefill.warmup_plan() + self.decode.warmup_plan() + WarmupPlan(first=[transfer])
 
     def shutdown(self) -> None:
         with self._work:

@@ -94,8 +94,9 @@ class Router:
 
     # -- lifecycle (AsyncEngine's) ---------------------------------------------------------
 
-    def start(self, warmup: bool = True) -> None:
-        """Start polling the workers; must be called on the serving event loop."""
+    def start(self, warmup: bool = True, background: bool = False) -> None:
+        """Start polling the workers; must be called on the serving event loop. (warmup and
+        background are the workers' business: each warms itself up.)"""
         if self._started:
             return
         self._started = True

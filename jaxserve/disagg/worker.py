@@ -88,6 +88,9 @@ class EngineWorker:
     def warmup(self) -> None:
         self.engine.warmup()
 
+    def warmup_plan(self):
+        return self.engine.warmup_plan()
+
     def stats(self) -> EngineStats:
         return dataclasses.replace(self.engine.stats(), kv_transfer_bytes=self.transfer_bytes,
                                    kv_transfers=self.transfers)

@@ -41,12 +41,12 @@ def create_app(async_engine: ServingEngine, config: EngineConfig, start_time_s: 
         start_time_s: time.monotonic() at process start, for the start-up time metric.
     """
     start_time_s = time.monotonic() if start_time_s is None else start_time_s
-    metrics = ServerMetrics(async_engine.stats)
+    metrics = ServerMetrics(async_engine.stats, lambda: getattr(async_engine, "start_phases", {}))
     metrics.warmup_time.set_function(lambda: async_engine.warmup_time_s or 0.0)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async_engine.start(warmup=config.server.warmup)
+        async_engine.start(warmup=config.server.warmup, background=config.server.warmup_in_background)
         announce = asyncio.create_task(_announce_ready(async_engine, config, metrics, start_time_s))
         yield
         announce.cancel()
@@ -101,7 +101,8 @@ def _add_routes(app: FastAPI) -> None:
     async def health() -> Response:
         engine: ServingEngine = app.state.engine
         if engine.ready:
-            return JSONResponse({"status": "ok"})
+            # Ready while programs may still be building in the background (server.warmup_in_background).
+            return JSONResponse({"status": "ok", "programs_pending": engine.stats().programs_pending})
         why = "engine failed" if engine.error is not None else "engine not ready"
         err = APIError(503, why, type="service_unavailable_error", code="engine_unavailable")
         return JSONResponse(err.body(), status_code=503)

@@ -92,7 +92,7 @@ def test_compiled_step_has_no_f32_copy_of_pools_or_kernels():
     params = init_random_params(arch, jax.random.PRNGKey(0))
     runner = ModelRunner(arch, params, 64, 16, jnp.float32, AttentionOptions("xla"),
                          bf16_matmuls=True, kv_dtype=jnp.bfloat16)
-    hlo = runner._model_step.lower(*runner.model_args(_decode_batch(2, 4))).compile().as_text()
+    hlo = runner._model_step.program(*runner.model_args(_decode_batch(2, 4))).as_text()
     pool_f32 = "f32[" + ",".join(map(str, runner.kv.k.shape)) + "]"
     kernel_f32 = "f32[" + ",".join(map(str, runner.params["layers"]["w_up"]["kernel"].shape)) + "]"
     assert pool_f32 not in hlo
@@ -153,7 +153,7 @@ def test_one_row_logits_do_not_convert_the_bf16_head_to_f32():
     arch = tiny_arch()
     runner = ModelRunner(arch, init_random_params(arch, jax.random.PRNGKey(0)), 64, 16, jnp.float32,
                          AttentionOptions("xla"), bf16_matmuls=True)
-    hlo = runner._model_step.lower(*runner.model_args(_one_row_prefill(16))).compile().as_text()
+    hlo = runner._model_step.program(*runner.model_args(_one_row_prefill(16))).as_text()
     head_f32 = "f32[" + ",".join(map(str, runner.params["lm_head"].shape)) + "]"
     made = [line for line in hlo.splitlines() if f"= {head_f32}" in line and "parameter(" not in line]
     assert not made, made

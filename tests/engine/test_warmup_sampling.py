@@ -41,12 +41,12 @@ def test_no_compile_after_warmup(warm, kind):
 
 
 def test_the_check_can_fail():
-    """Without the sampling warm-up, the first constrained batch compiles."""
+    """Without the sampling warm-up, the first constrained batch needs a new program."""
     llm = make_llm("tiny-random", model__max_model_len=128, cache__num_pages=64,
                    scheduler__max_num_seqs=4, scheduler__decode_buckets=[1, 2, 4],
                    scheduler__max_num_batched_tokens=64, scheduler__prefill_buckets=[16, 64])
-    from jaxserve.warmup import warmup_runner
-    warmup_runner(llm.engine.runner, llm.engine.shapes)
+    from jaxserve.warmup import runner_plan
+    runner_plan(llm.engine.runner, llm.engine.shapes).run()   # greedy sampling only
     before = llm.engine.runner.compiles.count
     llm.generate(PROMPTS[:1], _kinds(llm)["greedy, constrained"], use_tqdm=False)
     assert llm.engine.runner.compiles.count > before

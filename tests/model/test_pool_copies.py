@@ -47,7 +47,7 @@ def test_decode_step_copies_no_pool(name, kv_dtype):
     params = get_family(arch.family).init_random_params(arch, jax.random.PRNGKey(0))
     runner = ModelRunner(arch, params, NUM_PAGES, PAGE_SIZE, jnp.float32,
                          AttentionOptions(impl="auto"), kv_dtype=kv_dtype)
-    hlo = runner._model_step.lower(*runner.model_args(decode_batch())).compile().as_text()
+    hlo = runner._model_step.program(*runner.model_args(decode_batch())).as_text()
     L, P, S, KD = runner.kv.k.shape
     K, D = arch.num_kv_heads, arch.head_dim
     pool_sized = {f"{L},{P},{S},{KD}", f"{L * P * S},{KD}", f"{L},{P},{S},{K},{D}",

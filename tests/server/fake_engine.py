@@ -20,6 +20,7 @@ from jaxserve.admission import check_request
 from jaxserve.config import EngineConfig
 from jaxserve.outputs import EngineStats, FinishReason, SequenceDelta, TokenLogprob
 from jaxserve.sampling_params import SamplingParams
+from jaxserve.warmup import WarmupPlan
 
 EOS, BOS = 256, 257
 CRASH = "CRASH"
@@ -94,8 +95,13 @@ class FakeEngine:
         self.num_steps = 0
 
     def warmup(self) -> None:
-        self._stats.compile_count = 2
-        self._stats.compile_time_s = 0.01
+        self.warmup_plan().run()
+
+    def warmup_plan(self) -> WarmupPlan:
+        def build() -> None:
+            self._stats.program_count = self._stats.compile_count = 2
+            self._stats.compile_time_s = 0.01
+        return WarmupPlan(first=[build])
 
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         check_request(prompt_token_ids, params, max_model_len=self.max_model_len)
