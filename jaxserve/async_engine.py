@@ -73,6 +73,10 @@ class _Abort:
     request_id: str
 
 
+class _Refresh:
+    """No work: wakes the engine thread to take a new stats snapshot (programs built meanwhile)."""
+
+
 _ABORTED = object()   # queue item: the request was aborted from asyncio; its generator ends
 
 
@@ -99,7 +103,7 @@ class AsyncEngine:
         self.start_phases: dict[str, float] = dict(getattr(engine, "start_phases", {}))
         self.error: BaseException | None = None
 
-        self._inbox: queue.SimpleQueue[_Add | _Abort] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Add | _Abort | _Refresh] = queue.SimpleQueue()
         self._wake = threading.Condition()         # guards _inbox puts, _pending_adds, _stop, error
         self._pending_adds = 0                     # adds not yet counted in the stats snapshot
         self._stop = False
@@ -240,7 +244,7 @@ class AsyncEngine:
         except EngineDeadError:
             pass
 
-    def _put(self, command: _Add | _Abort) -> None:
+    def _put(self, command: _Add | _Abort | _Refresh) -> None:
         with self._wake:
             # Checked under the lock that _fail_all takes: a command is either refused here or
             # put before the inbox is drained there, so none is left unanswered.
@@ -276,6 +280,10 @@ class AsyncEngine:
             if i == len(tasks) - 1:   # before pending reads 0, so whoever sees 0 sees the phase
                 self._phase("warmup_background", time.perf_counter() - t0)
             self.programs_pending -= 1
+            try:
+                self._put(_Refresh())
+            except EngineDeadError:
+                return
 
     def _phase(self, name: str, seconds: float) -> None:
         self.start_phases[name] = seconds
@@ -316,6 +324,8 @@ class AsyncEngine:
                 command = self._inbox.get_nowait()
             except queue.Empty:
                 return num_added
+            if isinstance(command, _Refresh):
+                continue
             if isinstance(command, _Abort):
                 if self._live.pop(command.request_id, None) is not None:
                     self.engine.abort_request(command.request_id)
