@@ -18,6 +18,7 @@ import numpy as np
 from jaxserve.model.arch import ModelArch
 from jaxserve.model.families.gguf_config import GGUFMeta
 from jaxserve.model.families.hf_config import MissingConfigField
+from jaxserve.model.gguf_metadata import GGUFFile
 from jaxserve.model.param_map import CheckpointError, CheckpointTensors, LayerTensors
 from jaxserve.model.registry import ModelFamily, family_for_gguf, family_for_hf
 
@@ -78,8 +79,9 @@ def _unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, head_dim // 2, 2, *rest).swapaxes(1, 2).reshape(out_dim, *rest)
 
 
-def read_gguf_arch(reader, source: str = "GGUF") -> tuple[ModelFamily, ModelArch]:
-    meta = GGUFMeta(reader, source)
+def read_gguf_arch(gguf_file, source: str = "GGUF") -> tuple[ModelFamily, ModelArch]:
+    """gguf_file: a GGUFFile (jaxserve.model.gguf_metadata)."""
+    meta = GGUFMeta(gguf_file, source)
     family = family_for_gguf(meta.arch_name, source)
     return family, family.read_gguf_config(meta)
 
@@ -102,13 +104,12 @@ def _gguf_to_hf_names(family: ModelFamily, gguf_names) -> dict[str, str]:
 
 
 def load_gguf(path: str | os.PathLike, dtype=np.float32) -> tuple[ModelArch, dict]:
-    from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    reader = GGUFReader(str(path))
-    family, arch = read_gguf_arch(reader, str(path))
-    hf_names = _gguf_to_hf_names(family, [t.name for t in reader.tensors])
-    by_hf = {hf_names[t.name]: t for t in reader.tensors}
+    gguf_file = GGUFFile(path)
+    family, arch = read_gguf_arch(gguf_file, str(path))
+    hf_names = _gguf_to_hf_names(family, [t.name for t in gguf_file.tensors])
+    by_hf = {hf_names[t.name]: t for t in gguf_file.tensors}
 
     def tensor(hf_name: str) -> np.ndarray:
         t = by_hf[hf_name]

@@ -68,7 +68,9 @@ def test_gemma2_gguf_loads_to_the_same_params_as_safetensors(tmp_path):
 
 def _metadata_only_gguf(path, *, layers: int, hidden: int, heads: int, head_dim: int):
     """A gemma2 GGUF with hyperparameters and no tensors: enough for read_gguf_arch."""
-    from gguf import GGUFReader, GGUFWriter
+    from gguf import GGUFWriter
+
+    from jaxserve.model.gguf_metadata import GGUFFile
 
     w = GGUFWriter(str(path), "gemma2")
     w.add_block_count(layers)
@@ -85,7 +87,7 @@ def _metadata_only_gguf(path, *, layers: int, hidden: int, heads: int, head_dim:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return read_gguf_arch(GGUFReader(str(path)))
+    return read_gguf_arch(GGUFFile(path))
 
 
 def test_gemma2_27b_query_scale_and_llama_cpp_defaults_from_metadata(tmp_path):

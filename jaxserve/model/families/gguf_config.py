@@ -8,18 +8,21 @@ from jaxserve.model.families.hf_config import MissingConfigField, yarn_mscale
 
 
 class GGUFMeta:
-    """A GGUFReader's metadata and tensor names, with errors that name the key."""
+    """A GGUF file's metadata and tensor names, with errors that name the key.
 
-    def __init__(self, reader, source: str = "GGUF"):
-        self.reader = reader
+    gguf_file: a jaxserve.model.gguf_metadata.GGUFFile (its `metadata` dict of plain values and
+    its `tensors`' names are all that is read).
+    """
+
+    def __init__(self, gguf_file, source: str = "GGUF"):
+        self.metadata: dict[str, Any] = gguf_file.metadata
         self.source = source
         self.arch_name = self.get("general.architecture")
         self.prefix = f"{self.arch_name}."
-        self.tensor_names = {t.name for t in reader.tensors}
+        self.tensor_names = {t.name for t in gguf_file.tensors}
 
     def get(self, key: str, default: Any = None) -> Any:
-        f = self.reader.fields.get(key)
-        return default if f is None else f.contents()
+        return self.metadata.get(key, default)
 
     def require(self, key: str) -> Any:
         value = self.get(key)
@@ -68,7 +71,7 @@ def _yarn_scaling(m: GGUFMeta) -> RopeScaling:
 def llama_like_gguf_arch(m: GGUFMeta, family: str, **fields: Any) -> ModelArch:
     hidden = int(m.arch_key("embedding_length", required=True))
     heads = int(m.arch_key("attention.head_count", required=True))
-    vocab = m.arch_key("vocab_size") or len(m.reader.fields["tokenizer.ggml.tokens"].data)
+    vocab = m.arch_key("vocab_size") or len(m.metadata["tokenizer.ggml.tokens"])
     window = m.arch_key("attention.sliding_window")
     base = dict(
         family=family, vocab_size=int(vocab), hidden_size=hidden,
