@@ -2,7 +2,8 @@
 
 - The real SmolLM2 (Q4_1, Q8_0, F32) and Gemma 3 (Q4_K, Q5_0, Q6_K, Q8_0, F32) GGUFs: every
   tensor's name, type, shape, data offset, data dtype and shape and bytes equal GGUFReader's, and
-  the metadata equals read_gguf_metadata's.
+  the metadata equals read_gguf_metadata's; weights.dequantize_f32 (blocks regrouped into other
+  rows) gives gguf.quants.dequantize's values bit for bit.
 - A GGUFWriter file with every kind of data layout (native dtypes, quantized blocks, BF16, 1-3
   dims) and a custom alignment, compared with GGUFReader the same way.
 - Truncations (ValueError naming the file, and the tensor when its bytes are cut), garbled
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from jaxserve.model.gguf_metadata import GGUFFile, read_gguf_metadata
+from jaxserve.model.weights import dequantize_f32
 
 
 def _assert_same_tensors(path: Path) -> GGUFFile:
@@ -38,10 +40,19 @@ def _assert_same_tensors(path: Path) -> GGUFFile:
 
 @pytest.mark.parametrize("fixture", ["gguf_path", "gemma3_path"])
 def test_real_files_read_as_gguf_reader_reads_them(fixture, request):
+    from gguf.quants import dequantize
+
     path = request.getfixturevalue(fixture)
     got = _assert_same_tensors(path)
     assert got.metadata == read_gguf_metadata(path, lambda key: True)
     assert len(got.tensors) == got.metadata["GGUF.tensor_count"] > 200
+    one_per_type = {t.tensor_type: t for t in got.tensors}
+    assert len(one_per_type) >= 3
+    for t in one_per_type.values():
+        want = dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape)))
+        w = dequantize_f32(t)
+        assert w.dtype == np.float32 and w.shape == want.shape, t.name
+        np.testing.assert_array_equal(w, want, err_msg=t.name)
 
 
 # ---------------------------------------------------------------------------------- GGUFWriter
@@ -186,3 +197,27 @@ def test_truncated_tensor_info(tmp_path):
     with pytest.raises(ValueError, match=r"cut\.gguf: truncated in the info of tensor 'second'"):
         GGUFFile(cut)
 
+
+def test_f32_params_do_not_keep_the_file_mapped(tmp_path):
+    """F32 tensors are views of the file's memmap; load_gguf's params are copies (writable, and
+    holding no mapping of a file that may be replaced)."""
+    import jax
+
+    from jaxserve.model import weights
+    from jaxserve.model.arch import ModelArch
+    from jaxserve.model.llama import init_random_params
+    from tests.model.files import write_gguf
+
+    arch = ModelArch(vocab_size=96, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=8, max_position=256, tie_word_embeddings=False,
+                     rms_norm_eps=2.0**-17)
+    params = jax.tree.map(np.asarray, init_random_params(arch, jax.random.key(0)))
+    path = write_gguf(tmp_path / "m.gguf", arch, params)
+    assert {t.tensor_type.name for t in GGUFFile(path).tensors} == {"F32"}
+    _, got = weights.load_gguf(path)
+    for leaf in jax.tree.leaves(got):
+        base = leaf
+        while isinstance(base, np.ndarray):
+            assert not isinstance(base, np.memmap)
+            base = base.base
+        assert base is None and leaf.flags.writeable
