@@ -45,6 +45,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # tools/ holds scripts, not a package
+from _machine import cpu_model  # noqa: E402
 from _text_corpus import fingerprint, stdlib_docstrings, token_windows  # noqa: E402
 
 PERCENTILES = (50, 90, 99)
@@ -116,14 +117,7 @@ class Contention:
 
 
 def hardware() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import jax
     import jaxlib
     return {

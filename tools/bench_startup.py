@@ -74,6 +74,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # jaxserve from this checkout, whatever is installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # tools/ holds scripts, not a package
+from _machine import cpu_model  # noqa: E402
 
 PROMPT = "The capital of France is"
 MAX_TOKENS = 8
@@ -96,14 +98,7 @@ class TimedOut(Exception):
 
 # ------------------------------------------------------------------------------- the machine
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu_model": cpu, "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
             "mem_total_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "load_avg_1m_at_start": os.getloadavg()[0], "python": platform.python_version(),

@@ -94,6 +94,16 @@ def stop(procs: list[Proc]) -> None:
             p.kill()
 
 
+def terminate(popen: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM (a server drains and exits), SIGKILL if it has not exited within grace_s."""
+    popen.terminate()
+    try:
+        popen.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()
+
+
 def metric(text: str, name: str) -> float:
     """The value of one unlabelled (or exactly labelled) sample in Prometheus text."""
     for line in text.splitlines():

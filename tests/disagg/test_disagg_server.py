@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.disagg._cluster import ROOT, free_port, wait_healthy
+from tests.disagg._cluster import ROOT, free_port, terminate, wait_healthy
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,7 @@ def disagg_server(tmp_path_factory):
         wait_healthy(url, proc, "disaggregated server", log_path.read_text, time.monotonic() + 240)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
         log.close()
 
 

@@ -18,7 +18,7 @@ import yaml
 from conftest import _free_socket
 
 from jaxserve.model.source import cache_dir
-from tests.disagg._cluster import wait_healthy
+from tests.disagg._cluster import terminate, wait_healthy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,12 +68,7 @@ def _start_and_ask(tmp_path: Path, cache: Path, name: str) -> dict:
             ("The weather today is " * 5, {"temperature": 0.8, "seed": 3}))]
         return {"pending": pending, "answers": answers, "metrics": _metrics(url), "log": log_path.read_text()}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 def test_a_restart_loads_every_program_and_answers_the_same(tmp_path):
