@@ -93,20 +93,17 @@ def request_host_devices(config: EngineConfig) -> None:
 
 
 def enable_compilation_cache(path: Path | None = None) -> None:
-    """Keep compiled programs on disk so the next start loads them: the engine's step programs
-    as whole executables (cache_dir()/executables, see executable_store.py), and everything XLA
-    compiles in JAX's persistent cache (path, default cache_dir()/xla)."""
-    import jax
+    """Keep the engine's compiled step programs on disk so the next start loads them, as whole
+    executables (cache_dir()/executables, see executable_store.py).
 
+    JAX's own persistent cache (path) is left off: every program it supplies is one the store
+    cannot keep (an XLA:CPU executable loaded from it serializes without its code), and reading
+    its entries aborted the test process twice in one session (a native crash in
+    compilation_cache.get_executable_and_time). path is accepted for callers that name it.
+    """
     from jaxserve import executable_store
 
     executable_store.enable(cache_dir() / "executables")
-    path = cache_dir() / "xla" if path is None else path
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    # JAX skips caching programs that compiled in under a second; ours are many and small.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _config_flags(p: argparse.ArgumentParser) -> None:

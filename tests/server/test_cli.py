@@ -1,7 +1,7 @@
 """The real `jaxserve` CLI in subprocesses, on the tiny-random engine.
 
 - `jaxserve generate` prints what LLM.generate gives, `--set` reaches the config (another seed
-  is another random model), and JAXSERVE_CACHE moves the XLA compilation cache with the rest;
+  is another random model), and JAXSERVE_CACHE moves the executable store with the rest;
 - `jaxserve serve --api-key K` and `JAXSERVE_API_KEY=K jaxserve serve` answer 401 without the key
   and real completions with it.
 """
@@ -54,7 +54,7 @@ def test_generate_with_set_and_a_moved_cache(tmp_path):
     assert proc.returncode == 0, stderr[-3000:]
     assert want != other                                  # so the output shows --set seed=7 was applied
     assert stdout == want + "\n"
-    assert any((cache / "xla").iterdir())                  # compiled programs went to $JAXSERVE_CACHE/xla
+    assert any((cache / "executables").rglob("*.exe"))     # compiled programs went to $JAXSERVE_CACHE
 
 
 def _serve(tmp_path: Path, name: str, *flags: str, **env: str) -> tuple[subprocess.Popen, str, Path]:
