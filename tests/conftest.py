@@ -22,10 +22,10 @@ _FLAG = "--xla_force_host_platform_device_count=4"
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
-# The XLA compilation cache, on from the first compile (JAX checks it once, lazily), as the CLI
-# turns it on for its subprocesses: every LLM built on the same shapes (tiny-random, in most
-# tests) then loads the program compiled for the first. Traces still run, so the engine's
-# compile counter still sees a recompile.
+# The executable store (jaxserve/executable_store.py), on as the CLI turns it on for its
+# subprocesses: every LLM built on the same shapes (tiny-random, in most tests) then shares or
+# loads the programs built for the first, and the compile counter still counts each program a
+# runner obtains. (JAX's own persistent cache stays off: see enable_compilation_cache.)
 from jaxserve.cli import enable_compilation_cache  # noqa: E402
 from jaxserve.model.source import cache_dir  # noqa: E402
 
