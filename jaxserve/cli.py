@@ -5,8 +5,8 @@
 
 Flags override the YAML file, which overrides the defaults in config.py; `--set key=value`
 reaches any config field by its dotted name (`--set cache.num_pages=1024`). Both commands turn
-on the engine's executable store ($JAXSERVE_CACHE/executables, by default ~/.cache/jaxserve/...)
-and JAX's persistent compilation cache ($JAXSERVE_CACHE/xla), so a restart compiles nothing.
+on the engine's executable store ($JAXSERVE_CACHE/executables, by default
+~/.cache/jaxserve/executables), so a restart compiles nothing.
 `serve` loads the model, starts HTTP at once (/health answers 503 while warming up), builds the
 programs a first request needs, then answers ready and logs the URL while the rest build in the
 background (server.warmup_in_background: false waits for all); SIGTERM stops new requests, drains those in flight, then exits.
@@ -26,7 +26,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -92,14 +91,14 @@ def request_host_devices(config: EngineConfig) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
-def enable_compilation_cache(path: Path | None = None) -> None:
+def enable_compilation_cache() -> None:
     """Keep the engine's compiled step programs on disk so the next start loads them, as whole
     executables (cache_dir()/executables, see executable_store.py).
 
-    JAX's own persistent cache (path) is left off: every program it supplies is one the store
-    cannot keep (an XLA:CPU executable loaded from it serializes without its code), and reading
-    its entries aborted the test process twice in one session (a native crash in
-    compilation_cache.get_executable_and_time). path is accepted for callers that name it.
+    JAX's own persistent cache is left off: every program it supplies is one the store cannot
+    keep (an XLA:CPU executable loaded from it serializes without its code), and reading its
+    entries aborted the test process twice in one session (a native crash in
+    compilation_cache.get_executable_and_time).
     """
     from jaxserve import executable_store
 

@@ -1,7 +1,7 @@
 """Compiled programs on disk, so a restart deserializes them instead of tracing and compiling.
 
-JAX's persistent compilation cache (turned on beside this) saves only XLA's compile: each start
-still traces and lowers every program (0.1-0.7 s each for SmolLM2 on a 2-core CPU) to compute the
+JAX's persistent compilation cache (left off: see cli.enable_compilation_cache) saves only
+XLA's compile: each start still traces and lowers every program (0.1-0.7 s each for SmolLM2 on a 2-core CPU) to compute the
 cache key. This store keeps whole serialized executables (jax.experimental.serialize_executable)
 under a key we compute without tracing: the runner's fingerprint (everything a program depends
 on besides its arguments' layout, including a hash of this package's source) and the layout.

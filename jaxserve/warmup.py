@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import Callable
 
 from jaxserve.outputs import RequestMetrics
@@ -35,9 +34,6 @@ class WarmupPlan:
 
     def __add__(self, other: WarmupPlan) -> WarmupPlan:
         return WarmupPlan(self.first + other.first, self.rest + other.rest)
-
-    def __len__(self) -> int:
-        return len(self.first) + len(self.rest)
 
     def run(self) -> None:
         for task in self.first + self.rest:
@@ -104,14 +100,6 @@ def runner_plan(runner, shapes, examples: list[Sequence] = (), model_only: bool 
                 first = _is_first(shape, first_width, shapes) and example.grammar is None
                 (plan.first if first else plan.rest).append(sampling_task(example, shape))
     return plan
-
-
-def run_plan(counter, plan: WarmupPlan, what: str) -> None:
-    """Run every task of plan now, logging how many programs it built."""
-    t0, before = time.perf_counter(), counter.count
-    plan.run()
-    log.info("warm-up of %s built %d programs in %.1f s", what, counter.count - before,
-             time.perf_counter() - t0)
 
 
 def example_sequence(params, grammar=None) -> Sequence:

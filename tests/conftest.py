@@ -5,8 +5,9 @@
 - JAXSERVE_CACHE points at a fresh directory for the session, so converted parameters are made
   by the loader under test, never restored from an earlier run's ~/.cache/jaxserve/params. The
   SmolLM2 GGUF is fetched (model.source's own code path) into the user's cache once and linked
-  in, and the XLA compilation cache stays shared: its programs are keyed by their HLO. It is on
-  in this process too (enable_compilation_cache at import), not only in the CLI's subprocesses.
+  in, and the executable store stays shared: its programs are keyed by a fingerprint of the code,
+  config and machine. It is on in this process too (enable_compilation_cache at import), not
+  only in the CLI's subprocesses.
   The Gemma 3 270M GGUF is fetched and linked the same way, only by tests asking for `gemma3_path`.
   Subprocesses (the CLI and disaggregated workers) inherit the variable.
 - A run in which any test was skipped for a reason other than hardware fails (exit status 1)
@@ -27,9 +28,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 # loads the programs built for the first, and the compile counter still counts each program a
 # runner obtains. (JAX's own persistent cache stays off: see enable_compilation_cache.)
 from jaxserve.cli import enable_compilation_cache  # noqa: E402
-from jaxserve.model.source import cache_dir  # noqa: E402
 
-enable_compilation_cache(cache_dir() / "xla")
+enable_compilation_cache()
 
 HARDWARE_MARKERS = frozenset({"gpu", "tpu", "cpu"})
 _bad_skips: list[tuple[str, str]] = []    # (node id, reason)
@@ -41,7 +41,7 @@ _user_cache: list[Path] = []      # the user's cache, remembered before JAXSERVE
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory) -> Path:
-    """The session's JAXSERVE_CACHE: an empty params/, the real GGUF and XLA cache linked in."""
+    """The session's JAXSERVE_CACHE: an empty params/, the real GGUF and executable store linked in."""
     from jaxserve.model.source import KNOWN_MODELS, cache_dir, resolve_model_source
 
     user_cache = cache_dir()
@@ -49,8 +49,8 @@ def private_cache(tmp_path_factory) -> Path:
     gguf = resolve_model_source(next(iter(KNOWN_MODELS)))
     private = tmp_path_factory.mktemp("jaxserve-cache")
     (private / gguf.name).symlink_to(gguf.resolve())
-    (user_cache / "xla").mkdir(parents=True, exist_ok=True)
-    (private / "xla").symlink_to((user_cache / "xla").resolve(), target_is_directory=True)
+    (user_cache / "executables").mkdir(parents=True, exist_ok=True)
+    (private / "executables").symlink_to((user_cache / "executables").resolve(), target_is_directory=True)
     old = os.environ.get("JAXSERVE_CACHE")
     os.environ["JAXSERVE_CACHE"] = str(private)
     yield private
