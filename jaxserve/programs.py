@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -29,8 +30,12 @@ from jaxserve.executable_store import ExecutableStore
 
 log = logging.getLogger(__name__)
 
-# (fingerprint, step name, layout key) -> Compiled, for every runner of this process.
-_shared: dict[tuple, Any] = {}
+# (fingerprint, step name, layout key) -> Compiled, for every runner of this process. Weak: a
+# program lives as long as some runner holds it. Each XLA:CPU executable keeps about ten memory
+# mappings; holding every program a long process ever built (a test session builds thousands)
+# reached the kernel's map limit (vm.max_map_count, 65530), and the next mmap inside XLA crashed
+# the process (segfault or abort while compiling or serializing).
+_shared: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
 _shared_lock = threading.Lock()
 
 

@@ -10,10 +10,13 @@
   only in the CLI's subprocesses.
   The Gemma 3 270M GGUF is fetched and linked the same way, only by tests asking for `gemma3_path`.
   Subprocesses (the CLI and disaggregated workers) inherit the variable.
+- Dropped engines are collected after any test that leaves the process holding many memory
+  mappings (collect_dropped_engines).
 - A run in which any test was skipped for a reason other than hardware fails (exit status 1)
   and lists the skips. Hardware skips are those of tests marked gpu, tpu or cpu (needs that
   backend). xfail counts as a skip.
 """
+import gc
 import os
 from pathlib import Path
 
@@ -33,6 +36,27 @@ enable_compilation_cache()
 
 HARDWARE_MARKERS = frozenset({"gpu", "tpu", "cpu"})
 _bad_skips: list[tuple[str, str]] = []    # (node id, reason)
+
+
+# An engine is a reference cycle (runner, threads, callbacks): dropping it frees nothing until
+# Python's cyclic collector happens to run. Each XLA:CPU program it built holds about ten memory
+# mappings, and a session of a few hundred engines left uncollected reached the kernel's limit
+# (vm.max_map_count, 65530): XLA crashed the process at its next mmap (segfault or abort while
+# compiling or serializing a program). Collect whenever the process holds many mappings.
+_MAPS = Path(f"/proc/{os.getpid()}/maps")
+_MANY_MAPPINGS = 16384
+
+
+def _mappings() -> int:
+    with _MAPS.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.fixture(autouse=True)
+def collect_dropped_engines():
+    yield
+    if _MAPS.exists() and _mappings() > _MANY_MAPPINGS:
+        gc.collect()
 
 
 GEMMA3 = "gemma3-270m-q4_k_m"
