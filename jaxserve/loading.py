@@ -40,7 +40,7 @@ def load_model(config: EngineConfig, phases: dict[str, float] | None = None
             path = resolve_model_source(source)
         ckpt_dir = Path(config.model.checkpoint_dir) if config.model.checkpoint_dir else cache_dir() / "params"
         with timed("weights"):   # converted from the source, or restored from the param cache
-            arch, params = load_checkpoint(path, config.model.dtype, ckpt_dir)
+            arch, params = load_checkpoint(path, config.model.dtype, ckpt_dir, config.model.matmul_dtype)
         with timed("tokenizer"):
             tokenizer = Tokenizer.from_gguf(path) if path.suffix == ".gguf" else Tokenizer.from_hf_dir(path)
         name = source if source in KNOWN_MODELS else path.stem

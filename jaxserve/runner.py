@@ -30,6 +30,7 @@ from jaxserve.programs import CompileCounter, StepFunction
 from jaxserve.sampler import SampleResult, SamplingArrays, sample
 from jaxserve.spec.verify import VerifyResult, verify
 from jaxserve.step_inputs import StepInputs
+from pallas_kernels.common import BF16_BITS
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,18 @@ class LaunchedStep:
 def _host_tokens(num_tokens: int) -> np.ndarray:
     """token_src of a batch whose tokens all come from the host."""
     return np.full(num_tokens, -1, np.int32)
+
+
+def _host_params(params, dtype, bf16_matmuls: bool):
+    """params in dtype, then lowered for bf16 matmuls (with_bf16_matmuls). Restored params are
+    arrays of the right dtype already, lowered too where the param cache holds them so: only
+    what differs is converted."""
+    def cast(path, x):
+        lowered = bf16_matmuls and (x.dtype == BF16_BITS
+                                    or (getattr(path[0], "key", None) == "lm_head" and x.dtype == jnp.bfloat16))
+        return x if x.dtype == dtype or lowered else np.asarray(x).astype(dtype)
+    params = jax.tree_util.tree_map_with_path(cast, params)
+    return with_bf16_matmuls(params) if bf16_matmuls else params
 
 
 class ModelRunner:
@@ -73,11 +86,7 @@ class ModelRunner:
         self.mesh = mesh
         family = get_family(arch.family)
         forward = family.forward
-        # Restored params are already arrays of the right dtype: convert only what differs.
-        params = jax.tree_util.tree_map(lambda x: x if x.dtype == dtype else np.asarray(x).astype(dtype),
-                                        params)
-        if bf16_matmuls and jnp.dtype(dtype) != jnp.bfloat16:
-            params = with_bf16_matmuls(params)
+        params = _host_params(params, dtype, bf16_matmuls and jnp.dtype(dtype) != jnp.bfloat16)
         if mesh is None:
             self.params = jax.tree_util.tree_map(jnp.asarray, params)
             self.kv = allocate_kv_pages(arch, num_pages, page_size, kv_dtype or dtype)

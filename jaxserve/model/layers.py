@@ -74,15 +74,16 @@ def with_bf16_matmuls(params: Params) -> Params:
 
     The head lies outside the layer loop, so plain bf16 is safe there; in f32 it was about a
     tenth of a 2-row decode step. Activations, norms, the embedding lookup and the KV cache
-    keep their dtype. Takes and returns host (numpy) params.
+    keep their dtype. Takes and returns host (numpy) params; params lowered already (restored
+    so from the param cache) come back as they are.
     """
     def lower(path, leaf):
-        if getattr(path[-1], "key", None) != "kernel":
+        if getattr(path[-1], "key", None) != "kernel" or leaf.dtype == BF16_BITS:
             return leaf
         return np.asarray(leaf, np.float32).astype(jnp.bfloat16).view(BF16_BITS)
     low = {**params, "layers": jax.tree_util.tree_map_with_path(lower, params["layers"])}
     head = params.get("lm_head", params.get("embed"))
-    if head is not None:
+    if head is not None and head.dtype != jnp.bfloat16:
         low["lm_head"] = np.asarray(head, np.float32).astype(jnp.bfloat16)
     return low
 

@@ -181,3 +181,42 @@ def test_session_converts_its_own_params(private_cache, tmp_path_factory):
     """Tests never restore params converted by an earlier run: the param cache is this session's."""
     assert cache_dir() == private_cache
     assert str(private_cache).startswith(str(tmp_path_factory.getbasetemp()))
+
+
+def test_bf16_matmul_params_are_cached_lowered(tmp_path, monkeypatch):
+    """With matmul_dtype bfloat16 the cache holds the projections as the runner multiplies them
+    (bf16 bits), so a restart neither rounds them again nor reads their float32 bytes; the runner
+    ends with the same arrays either way."""
+    import jax.numpy as jnp
+
+    from jaxserve.model.attention import AttentionOptions
+    from jaxserve.model.layers import with_bf16_matmuls
+    from jaxserve.runner import ModelRunner
+    from pallas_kernels.common import BF16_BITS
+
+    path = write_hf_dir(tmp_path / "model", ARCH, _params())
+    calls = []
+    convert = weights.load_safetensors_dir
+    monkeypatch.setattr(weights, "load_safetensors_dir", lambda *a: calls.append(a) or convert(*a))
+    cache = tmp_path / "params"
+    _, fresh = weights.load_checkpoint(path, "float32", cache, "bfloat16")
+    arch, restored = weights.load_checkpoint(path, "float32", cache, "bfloat16")
+    assert len(calls) == 1                          # the second load restored
+    want = with_bf16_matmuls(convert(path)[1])
+    for got in (fresh, restored):
+        assert jax.tree.structure(got) == jax.tree.structure(want)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert restored["layers"]["wq"]["kernel"].dtype == BF16_BITS
+    assert restored["lm_head"].dtype == jnp.bfloat16
+    # Float32 matmuls are another entry, not lowered.
+    _, plain = weights.load_checkpoint(path, "float32", cache)
+    assert len(calls) == 2 and all(x.dtype == np.float32 for x in jax.tree.leaves(plain))
+
+    def runner(params):
+        return ModelRunner(arch, params, 4, 16, jnp.float32, AttentionOptions(impl="xla"),
+                           bf16_matmuls=True).params
+    for a, b in zip(jax.tree.leaves(runner(restored)), jax.tree.leaves(runner(plain))):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
