@@ -77,6 +77,17 @@ class _Refresh:
     """No work: wakes the engine thread to take a new stats snapshot (programs built meanwhile)."""
 
 
+@dataclass
+class _Snapshot:
+    """Asks the engine thread, between two steps, for the dashboard's state (engine.debug_state)."""
+    result: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+# However many dashboards watch, the engine thread builds at most one state snapshot per this
+# many seconds; everyone in between gets the last one (watching must never slow serving).
+STATE_MIN_INTERVAL_S = 0.25
+
+
 _ABORTED = object()   # queue item: the request was aborted from asyncio; its generator ends
 
 
@@ -103,7 +114,7 @@ class AsyncEngine:
         self.start_phases: dict[str, float] = dict(getattr(engine, "start_phases", {}))
         self.error: BaseException | None = None
 
-        self._inbox: queue.SimpleQueue[_Add | _Abort | _Refresh] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Add | _Abort | _Refresh | _Snapshot] = queue.SimpleQueue()
         self._wake = threading.Condition()         # guards _inbox puts, _pending_adds, _stop, error
         self._pending_adds = 0                     # adds not yet counted in the stats snapshot
         self._stop = False
@@ -114,6 +125,8 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._accepting = True
+        # The last snapshot asked of the engine thread: (monotonic time asked, its future).
+        self._state_pending: tuple[float, concurrent.futures.Future] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -171,6 +184,27 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         """The snapshot taken by the engine thread after its last step or command."""
         return dataclasses.replace(self._stats, programs_pending=self.programs_pending)
+
+    async def debug_state(self) -> dict[str, Any]:
+        """The dashboard's view: the engine's bounded snapshot (engine_state.py) taken on the
+        engine thread between steps, at most one per STATE_MIN_INTERVAL_S, plus readiness."""
+        head = {"model": self.model_name, "ready": self.ready, "healthy": self.healthy,
+                "programs_pending": self.programs_pending, "start_phases": dict(self.start_phases)}
+        build = getattr(self.engine, "debug_state", None)
+        if build is None or not self._ready.is_set() or not self.healthy:
+            return {**head, "engines": []}
+        now = time.monotonic()
+        pending = self._state_pending
+        if pending is None or (pending[1].done() and now - pending[0] >= STATE_MIN_INTERVAL_S):
+            command = _Snapshot()
+            pending = self._state_pending = (now, command.result)
+            self._put(command)
+        try:
+            state = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending[1])), 30)
+        except (Exception, asyncio.TimeoutError) as e:  # noqa: BLE001 - the view says so, serving goes on
+            return {**head, "engines": [], "error": f"{type(e).__name__}: {short_repr(str(e), 200)}"}
+        # One engine, or a disaggregated pair with its hand-offs ("engines", "kv_transfer").
+        return {**head, **(state if "engines" in state else {"engines": [state]})}
 
     def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Synchronous admission checks; raises ValueError naming the field, or a state error."""
@@ -244,7 +278,7 @@ class AsyncEngine:
         except EngineDeadError:
             pass
 
-    def _put(self, command: _Add | _Abort | _Refresh) -> None:
+    def _put(self, command: _Add | _Abort | _Refresh | _Snapshot) -> None:
         with self._wake:
             # Checked under the lock that _fail_all takes: a command is either refused here or
             # put before the inbox is drained there, so none is left unanswered.
@@ -326,6 +360,15 @@ class AsyncEngine:
                 return num_added
             if isinstance(command, _Refresh):
                 continue
+            if isinstance(command, _Snapshot):
+                if not command.result.set_running_or_notify_cancel():
+                    continue
+                try:
+                    command.result.set_result(self.engine.debug_state())
+                except Exception as e:  # noqa: BLE001 - a broken view must not stop serving
+                    logger.exception("debug_state failed")
+                    command.result.set_exception(e)
+                continue
             if isinstance(command, _Abort):
                 if self._live.pop(command.request_id, None) is not None:
                     self.engine.abort_request(command.request_id)
@@ -384,6 +427,8 @@ class AsyncEngine:
         for command in commands:
             if isinstance(command, _Add) and not command.ack.done():
                 command.ack.set_exception(dead)
+            if isinstance(command, _Snapshot) and command.result.set_running_or_notify_cancel():
+                command.result.set_exception(dead)
         for stream, _ in self._live.values():
             by_loop[stream.loop].append((stream, dead))
         self._live.clear()

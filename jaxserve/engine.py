@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxserve.admission import check_request
 from jaxserve.config import EngineConfig
+from jaxserve.engine_state import EngineHistory, engine_snapshot
 from jaxserve.errors import QueueFull
 from jaxserve.inflight import InFlightStep, drop_unresolved, expect_token, must_read_first, resolve_token
 from jaxserve.model.arch import ModelArch
@@ -94,6 +95,7 @@ class Engine:
         self.verify_buckets = verify_buckets
         self.grammars = GrammarCompiler(tokenizer)   # structured outputs; thread-safe (the server compiles too)
         self.sampler_times = PackTimes()             # host seconds per sampler stage (grammar masks: metrics)
+        self.history = EngineHistory()               # the last steps and finished requests (dashboard)
         self.requests: dict[str, list[Sequence]] = {}
         self.outputs = OutputProcessor(tokenizer, self.max_model_len, on_finish=self._finished)
         self._next_seq_id = 0
@@ -183,6 +185,7 @@ class Engine:
         with FinishReason.ERROR and the step goes on for the others. A failure of the model step
         itself is not any one request's: it propagates, and the caller fails everything.
         """
+        start_s, programs = time.perf_counter(), self.runner.compiles.count
         deltas: list[SequenceDelta] = []
         lookahead = self.speculation.lookahead(self.scheduler) if self.speculation else None
         plan = self.scheduler.schedule(lookahead)
@@ -196,6 +199,7 @@ class Engine:
                 self.steps_overlapped += 1
             else:
                 deltas += self._read_back(launched)
+        self.history.record_step(start_s, plan, self.runner.compiles.count - programs)
         return deltas
 
     def _may_stay_in_flight(self, step: InFlightStep) -> bool:
@@ -364,6 +368,7 @@ class Engine:
     def _finished(self, seq: Sequence) -> None:
         """The output processor found seq done: free its pages, and its request once all n are."""
         self.scheduler.finish(seq)
+        self.history.record_finished(seq)
         seqs = self.requests.get(seq.request_id, [])
         if all(s.finished for s in seqs):
             self.requests.pop(seq.request_id, None)
@@ -384,6 +389,10 @@ class Engine:
             spec_accepted_tokens=self.speculation.accepted if self.speculation else 0,
             grammar_mask_time_s=self.sampler_times.seconds.get("grammar_mask", 0.0),
             grammar_mask_batches=self.sampler_times.batches.get("grammar_mask", 0))
+
+    def debug_state(self, role: str = "colocated") -> dict:
+        """The dashboard's bounded snapshot (engine_state.py); on the engine's thread only."""
+        return engine_snapshot(self, role)
 
     def warmup(self) -> None:
         self.warmup_plan().run()

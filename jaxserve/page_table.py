@@ -114,3 +114,7 @@ class PageAllocator:
 
     def ref_count(self, page: int) -> int:
         return self._refs[page]
+
+    def is_cached(self, page: int) -> bool:
+        """The page is published in the prefix cache (findable by its key)."""
+        return page in self._hash_of

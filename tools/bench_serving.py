@@ -17,6 +17,11 @@ and end-to-end latency at mean/p50/p90/p99, and goodput: requests/s meeting both
 --slo-tpot. Writes the results to --out (JSON) and latency histograms to --plot (PNG, needs
 matplotlib). Always state the hardware and server config next to the numbers.
 
+The dashboard (jaxserve only): --record-dashboard FILE.html reads /debug/state once a second
+during the run and writes the dashboard playing those frames back (one self-contained file,
+opens offline); --dashboard-reader keeps one /debug/state/stream connection open during the
+run, as a watching browser does, so a run with it against one without shows what watching costs.
+
 Structured outputs (--structured on|both): each request carries one of a few realistic JSON
 schemas (STRUCTURED_SCHEMAS, in turn) and a line asking for that JSON after its text. The schema
 goes in OpenAI's `response_format` (json_schema; jaxserve, vLLM and llama.cpp's server all take
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -48,6 +54,7 @@ import platform
 import random
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -429,6 +436,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench_results/serving.json"))
     p.add_argument("--plot", type=Path, default=Path("bench_results/serving.png"))
+    p.add_argument("--record-dashboard", type=Path, metavar="HTML",
+                   help="read jaxserve's /debug/state once a second during the run and write the "
+                        "dashboard playing it back, one self-contained HTML file")
+    p.add_argument("--record-interval", type=float, default=1.0, help="seconds between recorded frames")
+    p.add_argument("--dashboard-reader", action="store_true",
+                   help="keep one reader on /debug/state/stream during the run, as an open "
+                        "dashboard does (to measure what watching costs)")
     p.add_argument("--structured", choices=["off", "on", "both"], default="off",
                    help="a JSON schema per request; both: unconstrained run (same token counts) then constrained")
     p.add_argument("--schema-field", choices=["response_format", "json_schema"], default="response_format",
@@ -480,12 +494,63 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+class StateWatcher:
+    """During a run: a thread reading jaxserve's state feed, as an open dashboard would
+    (stream=True: one SSE connection, 1 s apart) or keeping frames for a replay export."""
+
+    MAX_FRAMES = 300     # a longer run keeps every other frame, then every fourth, ...
+
+    def __init__(self, base_url: str, headers: dict, stream: bool, interval_s: float = 1.0):
+        self.base_url, self.headers, self.stream, self.interval_s = base_url, headers, stream, interval_s
+        self.frames: list[dict] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "StateWatcher":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.base_url, headers=self.headers, timeout=30) as client:
+            if self.stream:
+                with client.stream("GET", "/debug/state/stream", params={"interval": self.interval_s}) as r:
+                    for _ in r.iter_lines():
+                        if self.stop.is_set():
+                            return
+                return
+            while True:
+                stopped = self.stop.wait(self.interval_s if self.frames else 0.0)
+                self.frames.append(client.get("/debug/state").raise_for_status().json())
+                if len(self.frames) > self.MAX_FRAMES:
+                    self.frames = self.frames[::2]
+                if stopped:          # the last frame is the state at the run's end
+                    return
+
+
 def _run(args: argparse.Namespace, model: str, prompts, schemas=None, lengths=None) -> tuple[list[Result], dict]:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    with httpx.Client(base_url=args.base_url, headers=headers, timeout=60) as client:
+    watchers = []
+    if args.dashboard_reader:
+        watchers.append(StateWatcher(args.base_url, headers, stream=True))
+    if args.record_dashboard:
+        watchers.append(StateWatcher(args.base_url, headers, stream=False, interval_s=args.record_interval))
+    with httpx.Client(base_url=args.base_url, headers=headers, timeout=60) as client, \
+            contextlib.ExitStack() as watching:
+        for w in watchers:
+            watching.enter_context(w)
         before = read_mask_counters(client)
         results, duration_s = asyncio.run(run_load(args, model, prompts, schemas, lengths))
         after = read_mask_counters(client)
+    if args.record_dashboard:
+        from jaxserve.server.dashboard import dashboard_page
+        frames = watchers[-1].frames
+        args.record_dashboard.parent.mkdir(parents=True, exist_ok=True)
+        args.record_dashboard.write_text(dashboard_page(recorded=frames))
+        print(f"wrote {args.record_dashboard} ({len(frames)} dashboard frames)")
     summary = summarize(args, model, results, duration_s)
     summary["grammar_mask"] = mask_time(before, after, duration_s)
     return results, summary

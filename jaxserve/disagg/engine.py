@@ -119,6 +119,17 @@ class DisaggregatedEngine:
             spec_proposed_tokens=d.spec_proposed_tokens, spec_accepted_tokens=d.spec_accepted_tokens,
             kv_transfer_bytes=self.transfer.bytes_total, kv_transfers=self.transfer.transfers)
 
+    def debug_state(self) -> dict:
+        """Both sides' dashboard snapshots (engine_state.py) and the KV hand-offs between them."""
+        with self._lock:
+            prefill = self.prefill.debug_state("prefill")
+        decode = self.decode.debug_state("decode")
+        t = self.transfer
+        return {"role": "disaggregated", "engines": [prefill, decode],
+                "kv_transfer": {"transfers": t.transfers, "bytes_total": t.bytes_total,
+                                "recent_s": t.seconds[-256:],
+                                "handoffs_queued": self._events.qsize()}}
+
     def warmup(self) -> None:
         self.warmup_plan().run()
 

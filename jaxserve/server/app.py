@@ -24,6 +24,7 @@ from jaxserve.config import EngineConfig
 from jaxserve.metrics import CONTENT_TYPE, ServerMetrics
 from jaxserve.sampling_params import short_repr
 from jaxserve.server import protocol as p
+from jaxserve.server.dashboard import add_dashboard_routes
 from jaxserve.server.middleware import (APIKeyMiddleware, BodyLimitMiddleware, LenientTextRoute,
                                         RequestIdMiddleware, client_request_id)
 from jaxserve.server.serving import APIError, OpenAIServing
@@ -69,6 +70,7 @@ def create_app(async_engine: ServingEngine, config: EngineConfig, start_time_s: 
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_request_bytes)
     _add_error_handlers(app)
     _add_routes(app)
+    add_dashboard_routes(app)
     return app
 
 

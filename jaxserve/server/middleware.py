@@ -8,17 +8,23 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import unquote
 
 from fastapi import Request
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jaxserve.server.api_errors import APIError
 
 # Paths anyone may read even when an API key is set: probes, scrapes and the docs.
 OPEN_PATHS = ("/health", "/metrics", "/docs", "/redoc", "/openapi.json")
+# Paths a browser reads: besides the header, they take the key from the cookie the dashboard's
+# login form sets (SameSite=Strict, so another site's page cannot send it). The API does not.
+BROWSER_PATHS = ("/dashboard", "/debug/")
+KEY_COOKIE = "jaxserve_api_key"
 # What an X-Request-Id may hold: it is echoed in a header and shown in response ids.
 _REQUEST_ID = re.compile(r"[!-~]{1,256}")
 
@@ -30,22 +36,60 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def _cookie(scope: Scope, name: str) -> str | None:
+    raw = _header(scope, b"cookie")
+    if raw is None:
+        return None
+    try:
+        morsel = SimpleCookie(raw.decode("latin-1")).get(name)
+    except CookieError:
+        return None
+    return None if morsel is None else unquote(morsel.value)   # the form percent-encodes it
+
+
 class APIKeyMiddleware:
-    """Answers 401 unless `Authorization: Bearer <key>` matches; probes and docs stay open."""
+    """Answers 401 unless `Authorization: Bearer <key>` matches; probes and docs stay open.
+
+    The dashboard and its state feed also accept the key from the login form's cookie; without
+    it /dashboard answers 401 with that form instead of a JSON error.
+    """
 
     def __init__(self, app: ASGIApp, api_key: str):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.api_key = api_key.encode()
+        self.expected = b"Bearer " + self.api_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS:
             return await self.app(scope, receive, send)
         given = _header(scope, b"authorization") or b""
-        if not secrets.compare_digest(given, self.expected):
+        ok = secrets.compare_digest(given, self.expected)
+        browser = path.startswith(BROWSER_PATHS)
+        if not ok and browser:
+            cookie = _cookie(scope, KEY_COOKIE)
+            ok = cookie is not None and secrets.compare_digest(cookie.encode("latin-1"), self.api_key)
+        if not ok:
+            if path == "/dashboard":
+                return await HTMLResponse(LOGIN_PAGE, status_code=401)(scope, receive, send)
             err = APIError(401, "missing or wrong API key (send `Authorization: Bearer <key>`)",
                            type="authentication_error", code="invalid_api_key")
             return await JSONResponse(err.body(), status_code=401)(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+# The key goes into a cookie on this origin only; the page reloads and the server checks it.
+LOGIN_PAGE = f"""<!doctype html><html><head><meta charset="utf-8"><title>jaxserve dashboard: sign in</title>
+<style>body{{font:14px system-ui,sans-serif;margin:4em auto;max-width:24em}}input{{width:100%;padding:.4em}}</style>
+</head><body><h1>jaxserve dashboard</h1><p>This server needs its API key.</p>
+<form id="login"><input id="key" type="password" autocomplete="current-password" placeholder="API key" autofocus>
+<p><button type="submit">Open the dashboard</button></p></form>
+<script>document.getElementById("login").onsubmit = (e) => {{
+  e.preventDefault();
+  document.cookie = "{KEY_COOKIE}=" + encodeURIComponent(document.getElementById("key").value)
+    + "; path=/; SameSite=Strict";
+  location.reload();
+}};</script></body></html>"""
 
 
 class BodyLimitMiddleware:

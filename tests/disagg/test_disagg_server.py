@@ -48,3 +48,23 @@ def test_openai_client_streaming_and_not(disagg_server):
     assert "jaxserve:generation_tokens_total" in metrics
     transferred = [l for l in metrics.splitlines() if l.startswith("jaxserve:kv_transfer_bytes_total ")]
     assert transferred and float(transferred[0].split()[1]) > 0
+
+
+def test_state_feed_shows_both_sides_and_the_handoffs(disagg_server):
+    """/debug/state of the disaggregated config: a prefill and a decode panel, each with its
+    own pool, and the KV hand-offs between them counted as the engine counts them."""
+    time.sleep(0.3)   # past the feed's minimum interval: a fresh snapshot, not one cached before
+    before = httpx.get(f"{disagg_server}/debug/state").json()
+    r = httpx.post(f"{disagg_server}/v1/completions", timeout=120, json={
+        "model": "tiny-random", "prompt": "hand me off " * 8, "max_tokens": 8, "temperature": 0})
+    assert r.status_code == 200
+    time.sleep(0.3)
+    state = httpx.get(f"{disagg_server}/debug/state").json()
+    assert [e["role"] for e in state["engines"]] == ["prefill", "decode"]
+    assert all(len(e["pool"]["cells"]) == e["pool"]["num_pages"] for e in state["engines"])
+    transfer, old = state["kv_transfer"], before["kv_transfer"]
+    assert transfer["transfers"] == old["transfers"] + 1 and transfer["bytes_total"] > old["bytes_total"]
+    assert len(transfer["recent_s"]) >= 1
+    decode = state["engines"][1]
+    assert decode["finished"] and decode["finished"][-1]["output_tokens"] == 8
+    assert httpx.get(f"{disagg_server}/dashboard").status_code == 200
