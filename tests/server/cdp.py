@@ -101,8 +101,15 @@ class Browser:
         return result["result"].get("value")
 
     def wait(self, expression: str, timeout_s: float = 60) -> None:
+        """Poll until expression is truthy; an evaluation that fails because the page is being
+        replaced (a reload, a navigation) counts as not yet."""
         deadline = time.monotonic() + timeout_s
-        while not self.eval(f"!!({expression})"):
+        while True:
+            try:
+                if self.eval(f"!!({expression})"):
+                    return
+            except RuntimeError:
+                pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {timeout_s} s for {expression}")
             time.sleep(0.1)
