@@ -156,6 +156,34 @@ class Router:
             kv_transfer_bytes=sum(i.kv_transfer_bytes for i in decode),
             kv_transfers=sum(i.kv_transfers for i in decode))
 
+    async def debug_state(self) -> dict:
+        """The whole cluster for the dashboard: each worker's own state feed (one panel per
+        worker, named by role and URL), fetched concurrently; a worker that does not answer is
+        listed as down. Each worker bounds its own snapshot rate, so many readers here cost the
+        workers no more than one reader each."""
+        head = {"model": self.model_name, "ready": self.ready, "healthy": self.healthy,
+                "programs_pending": 0, "start_phases": {}}
+        instances = [i for role in ROLES for i in self.pool.instances[role]]
+        if self._client is None:
+            return {**head, "engines": [], "workers": []}
+
+        async def one(inst: Instance) -> list[dict]:
+            try:
+                r = await self._client.get(f"{inst.url}/debug/state", timeout=5.0)
+                r.raise_for_status()
+                return [dict(e, role=f"{inst.role} worker {inst.url}") for e in r.json()["engines"]]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                return []
+
+        panels = await asyncio.gather(*(one(i) for i in instances))
+        decode = self.pool.instances["decode"]
+        return {**head, "engines": [e for p in panels for e in p],
+                "workers": [{"role": i.role, "url": i.url, "up": i.up, "shown": bool(p)}
+                            for i, p in zip(instances, panels)],
+                "kv_transfer": {"transfers": sum(i.kv_transfers for i in decode),
+                                "bytes_total": sum(i.kv_transfer_bytes for i in decode),
+                                "recent_s": [], "handoffs_queued": 0}}
+
     def _check(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         if not self._accepting:
             raise EngineNotReadyError("server is shutting down")

@@ -30,6 +30,7 @@ from jaxserve.errors import EngineDeadError, EngineNotReadyError, EngineOverload
 from jaxserve.metrics import CONTENT_TYPE, ServerMetrics
 from jaxserve.outputs import EngineStats, SequenceDelta
 from jaxserve.sampling_params import SamplingParams
+from jaxserve.server.dashboard import add_dashboard_routes
 from jaxserve.structured import GrammarState
 
 
@@ -90,6 +91,10 @@ class EngineWorker:
 
     def warmup_plan(self):
         return self.engine.warmup_plan()
+
+    def debug_state(self) -> dict:
+        """The dashboard's snapshot of this worker's engine (engine_state.py), named by role."""
+        return self.engine.debug_state(self.role)
 
     def stats(self) -> EngineStats:
         return dataclasses.replace(self.engine.stats(), kv_transfer_bytes=self.transfer_bytes,
@@ -220,4 +225,5 @@ def create_worker_app(async_engine: AsyncEngine, worker: EngineWorker, warmup: b
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    add_dashboard_routes(app)   # each worker's own view; the router's shows them all
     return app

@@ -99,3 +99,21 @@ def test_metrics_of_every_process(cluster, client):
     assert metric(router, 'jaxserve:router_instances_up{role="decode"}') == 1
     assert 'jaxserve:queue_length{role="prefill"}' in router
     assert metric(router, "jaxserve:generation_tokens_total") > 0
+
+
+def test_router_dashboard_shows_every_worker(cluster, client):
+    """The router's state feed is the cluster: one panel per worker (its own feed, named by role
+    and URL), with the hand-offs the decode workers counted; each worker serves its own too."""
+    client.completions.create(model="tiny-random", prompt=PROMPTS[0], max_tokens=6)
+    time.sleep(0.3)   # past each worker's minimum snapshot interval
+    state = httpx.get(f"{cluster.router.url}/debug/state", timeout=30).json()
+    roles = [e["role"] for e in state["engines"]]
+    assert roles == [f"prefill worker {cluster.prefill.url}", f"decode worker {cluster.decode.url}"]
+    assert all(w["up"] and w["shown"] for w in state["workers"])
+    assert state["kv_transfer"]["transfers"] > 0
+    prefill, decode = state["engines"]
+    assert decode["finished"] and decode["stats"]["generation_tokens_total"] >= 6
+    assert prefill["num_steps"] > 0 and len(prefill["pool"]["cells"]) == prefill["pool"]["num_pages"]
+    own = httpx.get(f"{cluster.decode.url}/debug/state", timeout=30).json()
+    assert [e["role"] for e in own["engines"]] == ["decode"]
+    assert httpx.get(f"{cluster.router.url}/dashboard").status_code == 200

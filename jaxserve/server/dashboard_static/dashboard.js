@@ -180,7 +180,9 @@
     const st = $("#status");
     st.textContent = state.ready ? "ready" : state.healthy ? "warming up" : "engine failed";
     st.className = "badge " + (state.ready ? "ok" : state.healthy ? "" : "bad");
-    $("#summary").textContent = state.programs_pending ? `${state.programs_pending} programs still building` : "";
+    const missing = (state.workers || []).filter((w) => !w.shown).map((w) => `${w.role} worker ${w.url} not answering`);
+    const notes = [state.programs_pending ? `${state.programs_pending} programs still building` : "", ...missing, state.error || ""];
+    $("#summary").textContent = notes.filter(Boolean).join("; ");
     (state.engines || []).forEach((eng, i) => {
       const el = panel(i);
       $(".role", el).textContent = eng.role;
