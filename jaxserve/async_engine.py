@@ -186,13 +186,10 @@ class AsyncEngine:
         return dataclasses.replace(self._stats, programs_pending=self.programs_pending)
 
     async def debug_state(self) -> dict[str, Any]:
-        """The dashboard's view: the engine's bounded snapshot (engine_state.py) taken on the
-        engine thread between steps, at most one per STATE_MIN_INTERVAL_S, plus readiness."""
-        head = {"model": self.model_name, "ready": self.ready, "healthy": self.healthy,
-                "programs_pending": self.programs_pending, "start_phases": dict(self.start_phases)}
-        build = getattr(self.engine, "debug_state", None)
-        if build is None or not self._ready.is_set() or not self.healthy:
-            return {**head, "engines": []}
+        """The dashboard's panels: the engine's bounded snapshot (engine_state.py) taken on the
+        engine thread between steps, at most one per STATE_MIN_INTERVAL_S however many ask."""
+        if not hasattr(self.engine, "debug_state") or not self._ready.is_set() or not self.healthy:
+            return {"engines": []}
         now = time.monotonic()
         pending = self._state_pending
         if pending is None or (pending[1].done() and now - pending[0] >= STATE_MIN_INTERVAL_S):
@@ -202,9 +199,9 @@ class AsyncEngine:
         try:
             state = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending[1])), 30)
         except (Exception, asyncio.TimeoutError) as e:  # noqa: BLE001 - the view says so, serving goes on
-            return {**head, "engines": [], "error": f"{type(e).__name__}: {short_repr(str(e), 200)}"}
+            return {"engines": [], "error": f"{type(e).__name__}: {short_repr(str(e), 200)}"}
         # One engine, or a disaggregated pair with its hand-offs ("engines", "kv_transfer").
-        return {**head, **(state if "engines" in state else {"engines": [state]})}
+        return state if "engines" in state else {"engines": [state]}
 
     def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Synchronous admission checks; raises ValueError naming the field, or a state error."""

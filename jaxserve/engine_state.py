@@ -90,23 +90,24 @@ def engine_snapshot(engine, role: str = "colocated") -> dict[str, Any]:
     sched = engine.scheduler
     alloc = sched.allocator
     now = time.perf_counter()
-    seqs = ([(s, False, False) for s in sched.running] + [(s, True, False) for s in sched.waiting]
-            + [(s, False, True) for s in sched.adopted])
+    seqs = ([(s, _state(s, False, False)) for s in sched.running]
+            + [(s, _state(s, True, False)) for s in sched.waiting]
+            + [(s, _state(s, False, True)) for s in sched.adopted])
     shown = seqs[:MAX_REQUESTS]
     requests = []
     owner_of: dict[int, int] = {}
     stored_tokens = 0
-    for i, (seq, waiting, adopted) in enumerate(shown):
+    for i, (seq, state) in enumerate(shown):
         m = seq.metrics
         requests.append({
-            "id": seq.request_id, "n": seq.index, "state": _state(seq, waiting, adopted),
+            "id": seq.request_id, "n": seq.index, "state": state,
             "prompt_tokens": len(seq.prompt_ids), "output_tokens": len(seq.output_ids),
             "computed_tokens": seq.num_computed, "pages": len(seq.pages),
             "age_s": now - m.arrival_s,
             "ttft_s": m.ttft_s, "preemptions": seq.num_preemptions})
         for page in seq.pages:
             owner_of.setdefault(page, i)
-    for seq, _, _ in seqs:
+    for seq, _ in seqs:
         stored_tokens += min(seq.num_computed, len(seq.pages) * alloc.page_size)
 
     def page_value(page: int) -> int:
@@ -121,7 +122,7 @@ def engine_snapshot(engine, role: str = "colocated") -> dict[str, Any]:
     values = [page_value(p) for p in range(alloc.num_pages)]
     group = -(-alloc.num_pages // MAX_CELLS)
     cells = [_busiest(values[start:start + group]) for start in range(0, alloc.num_pages, group)]
-    owned_slots = sum(len(seq.pages) for seq, _, _ in seqs)
+    owned_slots = sum(len(seq.pages) for seq, _ in seqs)
     counts = {"free": values.count(FREE), "cached": values.count(CACHED), "shared": values.count(SHARED),
               "owned": sum(1 for v in values if v >= 0)}
     stats = dataclasses.asdict(engine.stats())
@@ -137,8 +138,8 @@ def engine_snapshot(engine, role: str = "colocated") -> dict[str, Any]:
             "fragmentation": 1.0 - stored_tokens / (owned_slots * alloc.page_size) if owned_slots else 0.0,
             "prefix_hit_rate": alloc.prefix_hits / alloc.prefix_queries if alloc.prefix_queries else None,
         },
-        "queues": {state: sum(1 for s, w, a in seqs if _state(s, w, a) == state)
-                   for state in ("waiting", "prefilling", "decoding", "preempted", "transfer")},
+        "queues": {name: sum(1 for _, state in seqs if state == name)
+                   for name in ("waiting", "prefilling", "decoding", "preempted", "transfer")},
         "requests": requests,
         "requests_left_out": len(seqs) - len(shown),
         "steps": [dataclasses.asdict(r) for r in history.steps],

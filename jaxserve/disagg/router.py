@@ -161,11 +161,9 @@ class Router:
         worker, named by role and URL), fetched concurrently; a worker that does not answer is
         listed as down. Each worker bounds its own snapshot rate, so many readers here cost the
         workers no more than one reader each."""
-        head = {"model": self.model_name, "ready": self.ready, "healthy": self.healthy,
-                "programs_pending": 0, "start_phases": {}}
         instances = [i for role in ROLES for i in self.pool.instances[role]]
         if self._client is None:
-            return {**head, "engines": [], "workers": []}
+            return {"engines": [], "workers": []}
 
         async def one(inst: Instance) -> list[dict]:
             try:
@@ -177,7 +175,7 @@ class Router:
 
         panels = await asyncio.gather(*(one(i) for i in instances))
         decode = self.pool.instances["decode"]
-        return {**head, "engines": [e for p in panels for e in p],
+        return {"engines": [e for p in panels for e in p],
                 "workers": [{"role": i.role, "url": i.url, "up": i.up, "shown": bool(p)}
                             for i, p in zip(instances, panels)],
                 "kv_transfer": {"transfers": sum(i.kv_transfers for i in decode),

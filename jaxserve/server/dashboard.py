@@ -38,11 +38,18 @@ def dashboard_page(recorded: list[dict] | None = None) -> str:
 
 def add_dashboard_routes(app: FastAPI) -> None:
     def engine_state_source():
-        engine = app.state.engine
+        engine = app.state.engine   # a ServingEngine: an AsyncEngine, or the multi-process Router
         if not hasattr(engine, "debug_state"):
             raise APIError(404, "this server's engine has no state feed (the dashboard needs one)",
                            type="not_found_error", code="no_state_feed")
-        return engine.debug_state
+
+        async def state() -> dict:
+            # Readiness from the serving engine itself, then its panels (engines, hand-offs).
+            return {"model": engine.model_name, "ready": engine.ready, "healthy": engine.healthy,
+                    "programs_pending": engine.stats().programs_pending,
+                    "start_phases": dict(getattr(engine, "start_phases", {})),
+                    **await engine.debug_state()}
+        return state
 
     # Operator pages, not part of the API a client codes against: left out of /openapi.json.
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)

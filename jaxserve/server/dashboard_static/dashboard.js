@@ -7,6 +7,11 @@
   const CELL_CLASS = { [FREE]: "free", [CACHED]: "cached", [SHARED]: "shared", [RESERVED]: "reserved" };
   let picked = null;          // {id, n} of the request clicked last
   let last = null;            // the state drawn last
+  const palette = new Map();  // the stylesheet's colours, each read once
+  const css = (name) => {
+    if (!palette.has(name)) palette.set(name, getComputedStyle(document.body).getPropertyValue(name));
+    return palette.get(name);
+  };
 
   const key = (r) => r.id + "#" + r.n;
   function colour(id) {       // one stable colour per request id
@@ -36,7 +41,7 @@
         const d = document.createElement("div");
         d.className = "cell";
         d.dataset.cell = i;
-        d.onclick = () => { const r = eng_requests(el)[+d.dataset.value]; if (r) pick(r); };
+        d.onclick = () => { const r = (el._requests || [])[+d.dataset.value]; if (r) pick(r); };
         return d;
       }));
     }
@@ -61,7 +66,6 @@
       `${pool.used} / ${pool.usable} pages used (${pool.counts.cached} cached, ${pool.counts.shared} shared), ` +
       `fragmentation ${pct(pool.fragmentation)}, prefix hits ${pct(pool.prefix_hit_rate)}${per}`;
   }
-  const eng_requests = (el) => el._requests || [];
 
   function drawQueues(el, eng) {
     $(".queues", el).replaceChildren(...Object.entries(eng.queues).map(([name, n]) => {
@@ -84,7 +88,7 @@
     $(".requests tbody", el).replaceChildren(...rows);
   }
 
-  function drawTimeline(el, eng, now) {
+  function drawTimeline(el, eng) {
     const c = $(".timeline", el), g = c.getContext("2d");
     const steps = eng.steps, W = c.width, H = c.height;
     g.clearRect(0, 0, W, H);
@@ -99,12 +103,12 @@
       let y = H;
       for (const [n, v] of parts) {
         const ph = h * n / total;
-        g.fillStyle = getComputedStyle(document.body).getPropertyValue(v);
+        g.fillStyle = css(v);
         g.fillRect(x, y - ph, Math.max(1, bw - 1), ph);
         y -= ph;
       }
       if (s.programs_built > 0) {
-        g.fillStyle = getComputedStyle(document.body).getPropertyValue("--compile");
+        g.fillStyle = css("--compile");
         g.fillRect(x, 0, Math.max(2, bw - 1), 10);
       }
     });
@@ -122,7 +126,7 @@
     const hi = Math.max(1e-3, quantile(values, 0.99) * 1.1), bins = new Array(30).fill(0);
     for (const v of values) bins[Math.min(29, Math.floor(30 * v / hi))]++;
     const top = Math.max(...bins);
-    g.fillStyle = getComputedStyle(document.body).getPropertyValue("--decode");
+    g.fillStyle = css("--decode");
     bins.forEach((n, i) => g.fillRect(i * W / 30, H - 14 - (H - 20) * n / top, W / 30 - 1, (H - 20) * n / top));
     g.fillStyle = "#555";
     g.fillText("0", 2, H - 2);
@@ -188,7 +192,7 @@
       $(".role", el).textContent = eng.role;
       drawPool(el, eng);
       drawQueues(el, eng);
-      drawTimeline(el, eng, eng.now_s);
+      drawTimeline(el, eng);
       $(".ttft-numbers", el).textContent = drawHistogram($(".ttft", el), eng.finished.map((f) => f.ttft_s).filter((x) => x != null), "requests");
       $(".itl-numbers", el).textContent = drawHistogram($(".itl", el), eng.itl_s, "gaps");
       drawCounters(el, eng);
