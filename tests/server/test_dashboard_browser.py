@@ -1,7 +1,7 @@
 """The dashboard in a real browser: headless Chromium (Debian's `chromium`) over its DevTools
 protocol (cdp.py) opens /dashboard on a live tiny server while requests run, and reads the DOM:
 one pool cell per page, cells changing owner as requests start and finish, the batch timeline
-growing; with an API key, a 401 without it and the login form letting the browser in. The
+growing, a click on a request outlining its cells and opening its detail; with an API key, a 401 without it and the login form letting the browser in. The
 replay export opens with every network request refused and plays the recorded steps.
 
 Screenshots land in $JAXSERVE_TEST_ARTIFACTS (default: the test's temporary directory); the path
@@ -73,8 +73,18 @@ def test_live_dashboard_follows_requests(real_server, artifacts, chromium):
         seen: list[list[str]] = []
         threads = _load(url, 4, 400)
         shot = None
+        clicked = None
         while any(t.is_alive() for t in threads):
             seen.append(browser.eval(OWNERS))
+            if clicked is None and sum("#" in o for o in seen[-1]) > 0:
+                # Clicking a request's row outlines its cells and opens its detail.
+                clicked = browser.eval("(() => { const tr = document.querySelector('#engines .requests tbody tr');"
+                                       " tr.click(); return tr.cells[0].textContent; })()")
+                assert browser.eval("document.querySelector('#detail').hidden") is False
+                assert clicked.startswith(browser.eval("document.querySelector('#detail-id').textContent"))
+                picked = browser.eval("document.querySelectorAll('#engines .cell.picked').length")
+                detail = browser.eval("document.querySelector('#detail-body').textContent")
+                assert picked > 0 or "finished" in detail, detail
             if shot is None and sum(o.startswith("cmpl") or "#" in o for o in seen[-1]) > 4:
                 shot = browser.screenshot(artifacts / "dashboard-live.png")
             time.sleep(0.2)
@@ -90,6 +100,7 @@ def test_live_dashboard_follows_requests(real_server, artifacts, chromium):
         assert len({o for frame in seen for o in frame if "#" in o}) >= 2    # several owners seen
         assert browser.eval(STEPS) > steps_before                           # the timeline grew
         assert browser.eval("+document.querySelector('#engines .ttft').dataset.count") >= 4
+        assert clicked is not None
         if shot is None:
             shot = browser.screenshot(artifacts / "dashboard-live.png")
     print(f"screenshot: {shot}")
