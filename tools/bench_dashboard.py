@@ -11,7 +11,9 @@ the state feed) and open (`--dashboard-reader`: one /debug/state/stream connecti
 showing /dashboard keeps). The pair's ratio open/closed of output tokens/s is printed per round,
 with the median; this machine's speed drifts, so only ratios within a pair are worth quoting.
 With --screenshot, headless Chromium (Debian's `chromium`) opens /dashboard during the first open
-run, `--screenshot-after` seconds into it, and saves what it shows.
+run, `--screenshot-after` seconds into it, and saves what it shows. It opens `?poll=1` (the page
+fetches /debug/state each second): Chromium's one-shot screenshot waits for the network to be
+idle, which a held event stream never is.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def screenshot(url: str, path: Path, delay_s: float, budget_ms: int = 4000) -> N
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
                     f"--user-data-dir={profile}", "--window-size=1400,1150", "--hide-scrollbars",
                     f"--virtual-time-budget={budget_ms}", f"--screenshot={path}", url],
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=180)
     shutil.rmtree(profile, ignore_errors=True)
     print(f"screenshot: {path} ({path.stat().st_size if path.exists() else 0} bytes)")
 
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         for state in ("closed", "open"):
             shot = None
             if state == "open" and r == 0 and args.screenshot:
-                shot = threading.Thread(target=screenshot, args=(f"{args.base_url}/dashboard?interval=1",
+                shot = threading.Thread(target=screenshot, args=(f"{args.base_url}/dashboard?poll=1",
                                                                  args.screenshot, args.screenshot_after))
                 shot.start()
             summary = run_bench(args.base_url, extra, state == "open", work / f"{state}{r}.json")

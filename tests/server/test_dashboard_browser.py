@@ -150,3 +150,14 @@ def test_replay_export_plays_offline(real_server, tmp_path, artifacts, chromium)
         assert browser.eval(f"{OWNERS}.length") == frames[-1]["engines"][0]["pool"]["num_pages"]
         assert browser.requested_urls() == [out.as_uri()]        # nothing but the file itself
         print(f"screenshot: {browser.screenshot(artifacts / 'dashboard-replay.png')}")
+
+
+def test_polling_mode_draws_repeatedly(real_server, chromium):
+    """`/dashboard?poll=S` fetches /debug/state every S seconds instead of holding a stream."""
+    with Browser(chromium) as browser:
+        browser.open(f"{real_server.url}/dashboard?poll=0.25",
+                     wait_for="+document.body.dataset.frames >= 3", timeout_s=60)
+        assert browser.eval(f"{OWNERS}.length") == real_server.config.cache.num_pages
+        urls = browser.requested_urls()
+        assert any(u.endswith("/debug/state") for u in urls)
+        assert not any("/debug/state/stream" in u for u in urls)

@@ -209,11 +209,20 @@
     document.body.dataset.frames = (+document.body.dataset.frames || 0) + 1;
   }
 
+  function disconnected() { const st = $("#status"); st.textContent = "disconnected, retrying"; st.className = "badge bad"; }
+
   function live() {
-    const interval = new URLSearchParams(location.search).get("interval") || "1";
-    const source = new EventSource("/debug/state/stream?interval=" + encodeURIComponent(interval));
+    const query = new URLSearchParams(location.search);
+    const poll = query.get("poll");
+    if (poll) {   // ?poll=S: one GET /debug/state every S seconds instead of a held stream
+      const tick = () => fetch("/debug/state").then((r) => r.json()).then(render, disconnected)
+        .finally(() => setTimeout(tick, 1000 * Math.max(0.25, +poll)));
+      tick();
+      return;
+    }
+    const source = new EventSource("/debug/state/stream?interval=" + encodeURIComponent(query.get("interval") || "1"));
     source.onmessage = (e) => render(JSON.parse(e.data));
-    source.onerror = () => { const st = $("#status"); st.textContent = "disconnected, retrying"; st.className = "badge bad"; };
+    source.onerror = disconnected;
   }
 
   function replay(frames) {
